@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Each does all set-up on a fresh
+# machine: a virtual env in .venv (it sees the system site-packages, so an existing torch, e.g. a
+# CUDA or Jetson build, is used as it is), torch 2.13.0 (CPU build) only when no torch is importable,
+# then this package with its test extra.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgessm-installed
+# Where `make demo` writes its checkpoints, ONNX file and report.
+DEMO_DIR ?= demo_out
+# torch to install when none is present; override for another platform, e.g.
+# make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test test-slow test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "no torch found: installing $(TORCH_SPEC)"; $(BIN)/python -m pip install -q $(TORCH_SPEC); }
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@DEMO_DIR=$(DEMO_DIR) BIN=$(BIN) bash scripts/demo.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,176 @@
+"""The central type: a batch of discrete-time diagonal SISO systems, one per channel.
+
+Dimensions: H channels, N stored modes per channel, L sequence length, B batch.
+
+    x_k[h, n] = A[h, n] * x_{k-1}[h, n] + B[h, n] * u_k[h]          complex state, x_0 = 0
+    y_k[h]    = 2 * Re( sum_n C[h, n] * x_k[h, n] ) + D[h] * u_k[h]  real output
+
+A, B, C: complex128 (H, N); D: float64 (H,); stable means |A| < 1.
+
+Conventions (ARCHITECTURE.md):
+- The output reads the *updated* state, as S4's step does, so the impulse response is
+  h_0 = 2 Re(sum_n C_n B_n) + D and h_k = 2 Re(sum_n C_n A_n^k B_n) for k >= 1.
+- Each stored mode stands for a conjugate pair (the ``2 Re``): N complex modes are 2N real
+  state numbers. A mode whose A is real (imag(A) == 0) is a *real mode*: its state x_k is
+  B * (a real sequence), so it is one real state number, not two. Balanced truncation
+  produces such modes (FACTS.md); they are stored like any other mode, with A real and the
+  factor 2 of the output folded into C (C_stored = C_real / 2).
+- A padding mode (B = C = 0) contributes nothing; it keeps a layer's N uniform across
+  channels after a per-channel reduction.
+
+Everything here is numpy float64 / complex128: the oracle side of every parity test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DiagonalSSM", "zoh", "REAL_MODE_ATOL"]
+
+# A mode is treated as real when |imag(A)| <= REAL_MODE_ATOL * |A|: at that level the conjugate
+# partner coincides with the mode in float64 (1e-12 ~ 4500 ulp, far above rounding of exp(dt*L)).
+REAL_MODE_ATOL = 1e-12
+
+
+def zoh(Lambda: np.ndarray, dt: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-order-hold discretisation of x' = Lambda x + B u, diagonal.
+
+    Lambda: c(H N), dt: r(H) or r(H N), B: c(H N) -> (A_bar, B_bar) c(H N)
+    A_bar = exp(dt Lambda), B_bar = (exp(dt Lambda) - 1) / Lambda * B   (S4D, Gu et al. 2022, eq. 4)
+    """
+    Lambda = np.asarray(Lambda, dtype=np.complex128)
+    dt = np.asarray(dt, dtype=np.float64)
+    if dt.ndim == 1:
+        dt = dt[:, None]  # (H 1)
+    dtL = dt * Lambda  # (H N)
+    A_bar = np.exp(dtL)  # (H N)
+    B_bar = np.expm1(dtL) / Lambda * np.asarray(B, dtype=np.complex128)  # (H N)
+    return A_bar, B_bar
+
+
+@dataclass(frozen=True)
+class DiagonalSSM:
+    """H independent diagonal SISO systems (one per channel) with N stored modes each.
+
+    A, B, C: c(H N) complex128; D: r(H) float64. See the module docstring for the conventions.
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    C: np.ndarray
+    D: np.ndarray
+
+    def __post_init__(self) -> None:
+        A = np.atleast_2d(np.asarray(self.A, dtype=np.complex128))
+        B = np.atleast_2d(np.asarray(self.B, dtype=np.complex128))
+        C = np.atleast_2d(np.asarray(self.C, dtype=np.complex128))
+        D = np.atleast_1d(np.asarray(self.D, dtype=np.float64))
+        if not (A.shape == B.shape == C.shape) or A.ndim != 2:
+            raise ValueError(f"DiagonalSSM: A, B, C must share one (H, N) shape, got {A.shape}, {B.shape}, {C.shape}")
+        if D.shape != (A.shape[0],):
+            raise ValueError(f"DiagonalSSM: D must have shape (H,) = ({A.shape[0]},), got {D.shape}")
+        object.__setattr__(self, "A", A)
+        object.__setattr__(self, "B", B)
+        object.__setattr__(self, "C", C)
+        object.__setattr__(self, "D", D)
+
+    # ---- shape and structure -------------------------------------------------------------
+    @property
+    def H(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.A.shape[1]
+
+    def real_modes(self) -> np.ndarray:
+        """bool (H N): modes whose A is real (one real state number each)."""
+        return np.abs(self.A.imag) <= REAL_MODE_ATOL * np.maximum(np.abs(self.A), 1e-300)
+
+    def active_modes(self) -> np.ndarray:
+        """bool (H N): modes that reach the output (B*C != 0); padding modes are inactive."""
+        return (self.B * self.C) != 0
+
+    def real_state_dims(self) -> np.ndarray:
+        """int (H,): real state numbers per channel, counting 2 per complex and 1 per real active mode."""
+        per_mode = np.where(self.real_modes(), 1, 2)  # (H N)
+        return np.sum(np.where(self.active_modes(), per_mode, 0), axis=1)  # (H,)
+
+    def is_finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.A)) and np.all(np.isfinite(self.B))
+                    and np.all(np.isfinite(self.C)) and np.all(np.isfinite(self.D)))
+
+    def spectral_radius(self) -> np.ndarray:
+        """r(H): max |A| per channel."""
+        return np.max(np.abs(self.A), axis=1)
+
+    def is_stable(self) -> bool:
+        return bool(np.all(np.abs(self.A) < 1.0))
+
+    def channel(self, h: int | slice | np.ndarray) -> "DiagonalSSM":
+        """The sub-batch of channels h (kept 2-D)."""
+        idx = np.atleast_1d(np.arange(self.H)[h])
+        return DiagonalSSM(self.A[idx], self.B[idx], self.C[idx], self.D[idx])
+
+    # ---- input-output maps: the float64 oracle -------------------------------------------
+    def impulse_response(self, L: int) -> np.ndarray:
+        """r(H L): h_0 = 2 Re(sum C B) + D, h_k = 2 Re(sum C A^k B) (the convolution kernel incl. D)."""
+        k = np.arange(L)
+        Ak = np.exp(np.log(self.A.astype(np.complex128) + 0j)[:, :, None] * k)  # (H N L)
+        Ak[:, :, 0] = 1.0  # A^0 = 1 also for padding modes with A = 0 (log 0 = -inf)
+        h = 2.0 * np.einsum("hn,hnl->hl", self.C * self.B, Ak).real  # (H L)
+        h[:, 0] += self.D
+        return h
+
+    def transfer_function(self, omega: np.ndarray) -> np.ndarray:
+        """c(H F): G(z) = 2-Re-split transfer function of the real map at z = exp(i omega).
+
+        The real map is y = sum over modes of C x + conj(C) conj(x); per mode the transfer
+        function is z C B / (z - A) + z conj(C B) / (z - conj(A)) (output reads the updated state).
+        """
+        z = np.exp(1j * np.asarray(omega, dtype=np.float64))  # (F)
+        CB = (self.C * self.B)[:, :, None]  # (H N 1)
+        A = self.A[:, :, None]  # (H N 1)
+        G = np.sum(z * CB / (z - A) + z * np.conj(CB) / (z - np.conj(A)), axis=1)  # (H F)
+        return G + self.D[:, None]
+
+    def reference_recurrence(self, u: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The slow, obviously-correct oracle: run the recurrence step by step in complex128.
+
+        u: r(B L H) (or r(L H)) -> y: r(B L H), final state c(B H N). state: c(B H N) or None (zeros).
+        """
+        u = np.asarray(u, dtype=np.float64)
+        squeeze = u.ndim == 2
+        if squeeze:
+            u = u[None]
+        Bsz, L, H = u.shape
+        if H != self.H:
+            raise ValueError(f"input has {H} channels, the system has {self.H}")
+        x = np.zeros((Bsz, self.H, self.N), np.complex128) if state is None else np.array(state, np.complex128)
+        y = np.empty((Bsz, L, H), np.float64)
+        for k in range(L):
+            x = self.A * x + self.B * u[:, k, :, None]  # (B H N)
+            y[:, k] = 2.0 * np.einsum("hn,bhn->bh", self.C, x).real + self.D * u[:, k]  # (B H)
+        return (y[0], x[0]) if squeeze else (y, x)
+
+    def convolve(self, u: np.ndarray) -> np.ndarray:
+        """r(B L H) -> r(B L H): the same map as reference_recurrence, by exact float64 FFT convolution."""
+        u = np.asarray(u, dtype=np.float64)
+        squeeze = u.ndim == 2
+        if squeeze:
+            u = u[None]
+        L = u.shape[1]
+        K = self.impulse_response(L)  # (H L)
+        n = 2 * L
+        Y = np.fft.irfft(np.fft.rfft(u, n=n, axis=1) * np.fft.rfft(K.T, n=n, axis=0)[None], n=n, axis=1)[:, :L]
+        return Y[0] if squeeze else Y
+
+    # ---- misc -----------------------------------------------------------------------------
+    def concat_modes(self, other: "DiagonalSSM") -> "DiagonalSSM":
+        """Parallel connection (sum of outputs) of two systems on the same channels; D adds."""
+        return DiagonalSSM(np.concatenate([self.A, other.A], 1), np.concatenate([self.B, other.B], 1),
+                           np.concatenate([self.C, other.C], 1), self.D + other.D)
+
+    def astuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.A, self.B, self.C, self.D

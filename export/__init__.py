@@ -1,0 +1,1 @@
+"""Lowering edgessm models to ONNX step and chunk graphs (edgessm.export)."""

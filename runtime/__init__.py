@@ -1,0 +1,1 @@
+"""The on-device runtime: numpy + onnxruntime only (edgessm.runtime)."""
