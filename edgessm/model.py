@@ -1,0 +1,161 @@
+"""The deep diagonal-SSM model, built from one :class:`~edgessm.config.ModelConfig`.
+
+Dimensions: B batch, L length, H = d_model channels, N_i modes of layer i, O = d_output.
+
+    x (B L d_input) | tokens (B L)
+      -> encoder: Linear(d_input, H) | Embedding(vocab, H)               (B L H)
+      -> n_layers x Block:                                                (B L H)
+           z = LayerNorm(h)            (prenorm; postnorm applies it after the residual)
+           z = SSM(z) + D z            (S4D or DSS layer, FFT conv / step)
+           z = dropout(activation(z))
+           z = dropout(mixing(z))      (GLU: Linear(H, 2H) + GLU; or Linear(H, H); or none)
+           h = h + z
+      -> final LayerNorm (prenorm)                                        (B L H)
+      -> decoder Linear(H, O)                                             (B L O)
+      -> pooling: "mean" = causal running mean over steps; "last"/"none" = per-step output
+
+Every operation is causal and per-step except the SSM, so ``step`` (one time step, explicit state)
+reproduces ``forward`` at every step. A classification prediction is the output at the last valid step.
+
+Step state (``init_state``): one c(B H N_i) complex64 tensor per SSM layer, then, for mean pooling,
+r(B O+1) float32 holding [running mean (O), steps seen (1)].
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import SSM_PARAM_NAMES, make_layer
+from .ssm import DiagonalSSM
+
+__all__ = ["SSMModel", "Block", "diagonal_systems", "with_diagonal_systems"]
+
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, i: int):
+        super().__init__()
+        H = cfg.d_model
+        self.prenorm = cfg.prenorm
+        self.norm = nn.LayerNorm(H) if cfg.norm == "layer" else nn.Identity()
+        self.ssm = make_layer(cfg.layer, H, cfg.n_modes(i), cfg.init, cfg.dt_min, cfg.dt_max)
+        self.activation = _ACTIVATIONS[cfg.activation]()
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.mixing == "glu":
+            self.mixing: nn.Module = nn.Sequential(nn.Linear(H, 2 * H), nn.GLU(dim=-1))
+        elif cfg.mixing == "linear":
+            self.mixing = nn.Linear(H, H)
+        else:
+            self.mixing = nn.Identity()
+
+    def _after_ssm(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        z = self.dropout(self.activation(z))  # (... H)
+        z = self.dropout(self.mixing(z))  # (... H)
+        h = h + z
+        return h if self.prenorm else self.norm(h)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """r(B L H) -> r(B L H)."""
+        z = self.norm(h) if self.prenorm else h
+        return self._after_ssm(h, self.ssm(z))
+
+    def step(self, h: torch.Tensor, x: torch.Tensor, params=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h r(B H), x c(B H N) -> (h_next r(B H), x_next c(B H N))."""
+        z = self.norm(h) if self.prenorm else h
+        z, x = self.ssm.step(z, x, params)
+        return self._after_ssm(h, z), x
+
+
+class SSMModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        H = cfg.d_model
+        self.encoder: nn.Module = nn.Embedding(cfg.vocab_size, H) if cfg.vocab_size > 0 else nn.Linear(cfg.d_input, H)
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
+        self.norm_f = nn.LayerNorm(H) if (cfg.prenorm and cfg.norm == "layer") else nn.Identity()
+        self.decoder = nn.Linear(H, cfg.d_output)
+
+    # ---- training mode ---------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x r(B L d_input) float or int64 tokens (B L) -> r(B L O) per-step outputs."""
+        h = self.encoder(x)  # (B L H)
+        for block in self.blocks:
+            h = block(h)  # (B L H)
+        y = self.decoder(self.norm_f(h))  # (B L O)
+        if self.config.pooling == "mean":
+            steps = torch.arange(1, y.shape[1] + 1, device=y.device, dtype=y.dtype)  # (L)
+            y = torch.cumsum(y, dim=1) / steps[:, None]  # (B L O) causal running mean
+        return y
+
+    # ---- step mode -------------------------------------------------------------------------
+    def init_state(self, batch: int) -> list[torch.Tensor]:
+        state = [blk.ssm.init_state(batch) for blk in self.blocks]  # c(B H N_i) each
+        if self.config.pooling == "mean":
+            state.append(torch.zeros(batch, self.config.d_output + 1, device=self.decoder.weight.device))  # (B O+1)
+        return state
+
+    def step_cache(self) -> list:
+        """Discretised (A_bar, B_bar, C) per layer, computed once for a run of ``step`` calls."""
+        return [blk.ssm.step_params() for blk in self.blocks]
+
+    def step(self, x_t: torch.Tensor, state: list[torch.Tensor], cache: Optional[list] = None
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One time step. x_t r(B d_input) or int64 (B,) -> (y_t r(B O), next_state). Pure: state in, state out."""
+        cache = cache if cache is not None else self.step_cache()
+        h = self.encoder(x_t)  # (B H)
+        nxt = []
+        for block, x, params in zip(self.blocks, state, cache):
+            h, x = block.step(h, x, params)  # (B H), (B H N)
+            nxt.append(x)
+        y = self.decoder(self.norm_f(h))  # (B O)
+        if self.config.pooling == "mean":
+            pool = state[len(self.blocks)]  # (B O+1)
+            mean, count = pool[:, :-1], pool[:, -1:] + 1.0  # (B O), (B 1)
+            y = mean + (y - mean) / count  # running mean update, stable for long streams
+            nxt.append(torch.cat([y, count], dim=1))
+        return y, nxt
+
+    # ---- parameters ------------------------------------------------------------------------
+    def ssm_parameters(self) -> list[nn.Parameter]:
+        """Lambda and dt parameters (own learning rate, no weight decay, as in S4)."""
+        return [p for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] in SSM_PARAM_NAMES]
+
+    def other_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] not in SSM_PARAM_NAMES]
+
+    def state_size(self) -> list[int]:
+        """Real state numbers per layer (2 per stored complex mode per channel) as the step graph carries them."""
+        return [2 * self.config.d_model * blk.ssm.N for blk in self.blocks]
+
+
+def diagonal_systems(model: SSMModel) -> list[DiagonalSSM]:
+    """Each SSM layer's discretised system, float64 (the input of compression, export and parity tests)."""
+    return [blk.ssm.to_diagonal() for blk in model.blocks]
+
+
+def with_diagonal_systems(model: SSMModel, systems: list[DiagonalSSM]) -> SSMModel:
+    """A new S4D model equal to ``model`` except that layer i realises ``systems[i]`` (any N_i).
+
+    Keeps every non-SSM weight and each layer's dt; DSS layers become S4D layers because a
+    reduced system's eigenvalues are per channel.
+    """
+    if len(systems) != len(model.blocks):
+        raise ValueError(f"expected {len(model.blocks)} systems, got {len(systems)}")
+    cfg = model.config.replace(layer="s4d", layer_d_state=[s.N for s in systems])
+    new = SSMModel(cfg).to(model.decoder.weight.device)
+    own = {k: v for k, v in model.state_dict().items() if ".ssm." not in k}
+    missing, _ = new.load_state_dict(own, strict=False)
+    if any(".ssm." not in k for k in missing):  # only SSM tensors may differ; they are set below
+        raise RuntimeError(f"with_diagonal_systems: non-SSM weights missing: {missing}")
+    for i, (blk_new, blk_old, sys) in enumerate(zip(new.blocks, model.blocks, systems)):
+        with torch.no_grad():
+            blk_new.ssm.log_dt.copy_(blk_old.ssm.log_dt)
+        blk_new.ssm.load_diagonal(sys, layer=i)
+    return new
+
