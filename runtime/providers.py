@@ -1,0 +1,165 @@
+"""Execution-provider selection and onnxruntime session creation.
+
+``provider`` is "auto" (TensorRT -> CUDA -> CPU, the first that is available), "tensorrt",
+"cuda", "cpu", or an explicit list of provider names / aliases / (name, options) pairs.
+onnxruntime falls back to the CPU provider *silently* when a GPU provider fails to load
+(missing CUDA/cuDNN/TensorRT libraries, no GPU): after creating the session we compare what
+was asked for with ``session.get_providers()`` and raise ``RuntimeProviderError`` for an
+explicit request; "auto" accepts the fallback and records it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+from .errors import RuntimeInputError, RuntimeModelError, RuntimeProviderError
+
+__all__ = ["ProviderPlan", "plan_providers", "create_session", "ALIASES", "TRT", "CUDA", "CPU"]
+
+TRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ALIASES = {"tensorrt": TRT, "trt": TRT, "cuda": CUDA, "cpu": CPU}
+_GPU = (TRT, CUDA)
+
+ProviderArg = Union[str, Sequence[Union[str, tuple]]]
+
+
+def _ort():
+    import onnxruntime  # lazy: importing the runtime package stays cheap
+    return onnxruntime
+
+
+@dataclass
+class ProviderPlan:
+    """The provider list handed to onnxruntime and what must hold afterwards."""
+
+    providers: list[tuple[str, dict[str, Any]]]
+    requested: str                      # what the caller asked for, for messages
+    strict: bool                        # an explicit request: a fallback is an error
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str:
+        return self.providers[0][0]
+
+
+def _provider_options(name: str, *, device_id: int, cuda_graph: bool, trt_fp16: bool,
+                      trt_cache_dir: Optional[str]) -> dict[str, Any]:
+    if name == TRT:
+        opts: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": bool(trt_fp16)}
+        if trt_cache_dir:
+            os.makedirs(trt_cache_dir, exist_ok=True)
+            # The cached engine is only valid for this model, ORT, TensorRT version and GPU: docs/jetson.md
+            opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir))
+        return opts
+    if name == CUDA:
+        opts = {"device_id": device_id}
+        if cuda_graph:
+            opts["enable_cuda_graph"] = "1"
+        return opts
+    return {}
+
+
+def plan_providers(provider: ProviderArg = "auto", *, available: Optional[Sequence[str]] = None,
+                   device_id: int = 0, cuda_graph: bool = False, trt_fp16: bool = True,
+                   trt_cache_dir: Optional[str] = None) -> ProviderPlan:
+    """Turn the user's provider choice into onnxruntime's ``providers=`` list."""
+    if available is None:
+        available = _ort().get_available_providers()
+    available = list(available)
+    kw = dict(device_id=device_id, cuda_graph=cuda_graph, trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
+    notes: list[str] = []
+
+    if isinstance(provider, str) and provider.lower() == "auto":
+        order = [p for p in (TRT, CUDA, CPU) if p in available]
+        if cuda_graph and TRT in order:
+            # Double-buffered CUDA graphs need two graph ids (run option gpu_graph_id), which the CUDA
+            # provider supports; the TensorRT provider keeps one graph, so auto uses CUDA here.
+            order.remove(TRT)
+            notes.append("cuda_graph: TensorRT skipped (needs per-id CUDA graphs of the CUDA provider)")
+        if CPU not in order:
+            order.append(CPU)
+        return ProviderPlan([(p, _provider_options(p, **kw)) for p in order], "auto", strict=False, notes=notes)
+
+    items = [provider] if isinstance(provider, str) else list(provider)
+    if not items:
+        raise RuntimeInputError("provider list is empty; use 'auto', 'tensorrt', 'cuda', 'cpu' or a list of names")
+    plan: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        opts_given: Optional[dict] = None
+        if isinstance(item, tuple):
+            item, opts_given = item
+        name = ALIASES.get(str(item).lower(), str(item))
+        if name not in (TRT, CUDA, CPU) and not name.endswith("ExecutionProvider"):
+            raise RuntimeInputError(f"unknown provider {item!r}; use auto, tensorrt, cuda, cpu or a full "
+                                    f"onnxruntime provider name (available here: {', '.join(available)})")
+        if name not in available:
+            raise RuntimeProviderError(f"provider {name} is not in this onnxruntime build (available: "
+                                       f"{', '.join(available)}); install onnxruntime-gpu or use --provider cpu")
+        opts = _provider_options(name, **kw)
+        opts.update(opts_given or {})
+        plan.append((name, opts))
+    names = [n for n, _ in plan]
+    if isinstance(provider, str):
+        # a single named GPU provider: let unsupported nodes go to CUDA (for TensorRT) and CPU, as ORT intends
+        if names[0] == TRT and CUDA in available:
+            plan.append((CUDA, _provider_options(CUDA, **kw)))
+        if names[0] != CPU:
+            plan.append((CPU, {}))
+    if cuda_graph and plan[0][0] != CUDA:
+        raise RuntimeProviderError(f"cuda_graph needs the CUDA provider first (double-buffered graphs use two "
+                                   f"gpu_graph_id values, a CUDA-provider feature); got {plan[0][0]}: use provider='cuda'")
+    return ProviderPlan(plan, str(provider) if isinstance(provider, str) else ",".join(names), strict=True)
+
+
+def session_options(threads: Optional[int] = None, log_level: int = 3):
+    """Latency-oriented options: all graph optimisations, sequential execution, 1 thread by default."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise RuntimeInputError(f"threads must be a positive integer, got {threads!r}")
+    so.intra_op_num_threads = threads or 1  # one step is microseconds of work: extra threads only add wake-up latency
+    so.inter_op_num_threads = 1
+    so.log_severity_level = log_level
+    return so
+
+
+def create_session(model: Union[str, bytes], plan: ProviderPlan, so, label: str = "model"):
+    """Create the InferenceSession; turn load failures into one-line RuntimeModelError and check fallback.
+
+    Returns (session, fallback_note or None).
+    """
+    ort = _ort()
+    if isinstance(model, (str, os.PathLike)):
+        model = os.fspath(model)
+        if not os.path.exists(model):
+            raise RuntimeModelError(f"model file not found: {model}")
+        if not os.path.isfile(model):
+            raise RuntimeModelError(f"model path is not a file: {model}")
+    captured = io.StringIO()
+    try:
+        # onnxruntime prints its provider-fallback notice to stdout: keep stdout clean for piped outputs
+        with contextlib.redirect_stdout(captured):
+            sess = ort.InferenceSession(model, sess_options=so, providers=plan.providers)
+    except Exception as e:  # onnxruntime raises its own (pybind) exception types
+        msg = " ".join(str(e).split())
+        kind = type(e).__name__
+        if "Protobuf parsing failed" in msg or "INVALID_PROTOBUF" in kind or "InvalidProtobuf" in kind:
+            raise RuntimeModelError(f"{label}: not an ONNX model (protobuf parsing failed)") from None
+        raise RuntimeModelError(f"{label}: onnxruntime could not load it: {msg[:300]}") from None
+    used = sess.get_providers()
+    fallback = None
+    if plan.primary not in used:
+        reason = " ".join(captured.getvalue().split())[:200]
+        fallback = (f"requested {plan.primary} but onnxruntime is running {', '.join(used)}"
+                    + (f" ({reason})" if reason else " (provider failed to load; see the onnxruntime log on stderr)"))
+        if plan.strict:
+            raise RuntimeProviderError(fallback + "; install the GPU libraries (CUDA, cuDNN, TensorRT) that match "
+                                       "this onnxruntime-gpu build, or use --provider cpu")
+    return sess, fallback
