@@ -80,6 +80,7 @@ class SSMModel(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
         self.norm_f = nn.LayerNorm(H) if (cfg.prenorm and cfg.norm == "layer") else nn.Identity()
         self.decoder = nn.Linear(H, cfg.d_output)
+        self.provenance: dict = {}  # task, metrics, reduction summary...; saved in the checkpoint metadata
 
     # ---- training mode ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
