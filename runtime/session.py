@@ -99,12 +99,14 @@ class _BoundEngine:
             for buf, z in zip(bufs, self._zeros):
                 buf.update_inplace(z)
         self._bindings = [self._bind(sess, p) for p in (0, 1)]
-        self._run_options = []
-        for p in (0, 1):
-            ro = ort.RunOptions()
-            if cuda_graph:
+        # Without CUDA graphs pass no RunOptions: onnxruntime's Python wrapper looks up gpu_graph_id in a
+        # given RunOptions and a missing key costs a C++ exception (~35 us per run measured on CPU, ORT 1.31).
+        self._run_options = [None, None]
+        if cuda_graph:
+            for p in (0, 1):
+                ro = ort.RunOptions()
                 ro.add_run_config_entry(GRAPH_ID_KEY, GRAPH_IDS[p])
-            self._run_options.append(ro)
+                self._run_options[p] = ro
         self._parity = 0
         self._copy_out = device == "cpu"  # a CPU OrtValue's numpy() is a view of the bound buffer
 
@@ -228,13 +230,19 @@ class StreamingSession:
         self._x_shape = (self.batch, *x.shape)
         self._x_dtype = x.dtype
         self._fast_ok = not (self.check_finite or x.is_tokens)  # tokens always get the range check
-        self.steps = np.zeros(self.batch, np.int64)  # steps since each stream's last reset
+        self._t = 0                                     # steps taken by the session
+        self._reset_at = np.zeros(self.batch, np.int64)  # self._t at each stream's last reset
 
     # ------------------------------------------------------------------ info
     @property
     def metadata(self) -> dict[str, Any]:
         """The ``edgessm.*`` metadata_props, JSON values decoded."""
         return self.spec.metadata
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Steps each stream has taken since its last reset (int64, (batch,))."""
+        return self._t - self._reset_at
 
     @property
     def input(self) -> TensorSpec:
@@ -259,7 +267,7 @@ class StreamingSession:
         -> y_t: (batch, d_output) float32, a fresh array."""
         x = self._prepare(x_t, sequence=False)
         y = self._engine.step(x)
-        self.steps += 1
+        self._t += 1
         return y
 
     def run(self, sequence) -> np.ndarray:
@@ -277,7 +285,7 @@ class StreamingSession:
                 t += T
         for k in range(t, L):
             ys[:, k] = self._engine.step(np.ascontiguousarray(xs[:, k]))
-        self.steps += L
+        self._t += L
         return ys
 
     # ------------------------------------------------------------------ state
@@ -285,14 +293,14 @@ class StreamingSession:
         """Zero the state of all streams, or of the listed stream indices only."""
         if streams is None:
             self._engine.zero_state()
-            self.steps[:] = 0
+            self._reset_at[:] = self._t
             return
         idx = self._streams(streams)
         state = self._engine.read_state()
         for v in state.values():
             v[idx] = 0
         self._engine.write_state(state)
-        self.steps[idx] = 0
+        self._reset_at[idx] = self._t
 
     def get_state(self, streams: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:
         """A copy of the state: {past_state name: (batch or len(streams), *state shape)}."""
