@@ -156,10 +156,19 @@ def create_session(model: Union[str, bytes], plan: ProviderPlan, so, label: str 
     used = sess.get_providers()
     fallback = None
     if plan.primary not in used:
-        reason = " ".join(captured.getvalue().split())[:200]
+        reason = _fallback_reason(captured.getvalue())
         fallback = (f"requested {plan.primary} but onnxruntime is running {', '.join(used)}"
                     + (f" ({reason})" if reason else " (provider failed to load; see the onnxruntime log on stderr)"))
         if plan.strict:
             raise RuntimeProviderError(fallback + "; install the GPU libraries (CUDA, cuDNN, TensorRT) that match "
                                        "this onnxruntime-gpu build, or use --provider cpu")
     return sess, fallback
+
+
+def _fallback_reason(printed: str) -> str:
+    """The useful part of onnxruntime's printed provider-fallback notice, on one line."""
+    text = " ".join(printed.split())
+    k = text.find("Please install")
+    if k >= 0:
+        text = text[k:]
+    return text.split(" when using ")[0][:200]

@@ -47,6 +47,20 @@ def _ort():
     return onnxruntime
 
 
+# Multiple CUDA graphs per session, selected per run by gpu_graph_id (microsoft/onnxruntime#19636,
+# merged March 2024): believed to ship from 1.18; older versions would ignore the id and replay one
+# graph for both ping-pong directions (wrong state), hence the gate and the start-up self-check.
+MIN_ORT_CUDA_GRAPH_IDS = (1, 18)
+
+
+def _version(v: str) -> tuple[int, ...]:
+    parts = []
+    for piece in v.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 def _shape_str(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -110,6 +124,38 @@ class _BoundEngine:
         self._parity = 0
         self._copy_out = device == "cpu"  # a CPU OrtValue's numpy() is a view of the bound buffer
 
+    def check_cuda_graphs(self, x: np.ndarray, steps: int = 10, seed: int = 0) -> None:
+        """Self-check: the captured graphs must reproduce eager execution (gpu_graph_id=-1) from one state.
+
+        Run from a random state for ``steps`` steps, enough for onnxruntime's pre-capture runs, the capture
+        of both graph ids and replays of each; then the same steps eagerly. A graph replayed with the wrong
+        buffers (microsoft/onnxruntime-genai#2446) or an onnxruntime that ignores gpu_graph_id diverges here.
+        Leaves the state zeroed.
+        """
+        rng = np.random.default_rng(seed)
+        start = {s.input: (0.1 * rng.standard_normal(z.shape)).astype(s.dtype)
+                 for s, z in zip(self._spec.states, self._zeros)}
+        eager = self._ort.RunOptions()
+        eager.add_run_config_entry(GRAPH_ID_KEY, "-1")  # -1: no capture / replay in this run
+        runs = []
+        for options in (self._run_options, (eager, eager)):
+            self.write_state(start)
+            ys = []
+            for _ in range(steps):
+                p = self._parity
+                self._x.update_inplace(x)
+                self._sess.run_with_iobinding(self._bindings[p], options[p])
+                self._parity = 1 - p
+                ys.append(np.array(self._y.numpy(), copy=True))
+            runs.append(np.stack(ys))
+        self.zero_state()
+        graph, ref = runs
+        scale = float(np.abs(ref).max()) or 1.0
+        err = float(np.abs(graph - ref).max())
+        if not err <= 1e-4 * scale:  # same kernels either way: only replay-buffer mistakes exceed this
+            raise RuntimeProviderError(f"CUDA graph replay disagrees with eager execution (max abs diff {err:.3g}, "
+                                       f"outputs up to {scale:.3g}); run without --cuda-graph")
+
     def _bind(self, sess, p: int):
         b = sess.io_binding()
         b.bind_ortvalue_input(self._spec.input.name, self._x)
@@ -170,6 +216,7 @@ class StreamingSession:
     chunk_path: optional chunk graph (same states) that ``run`` uses for whole chunks of T steps.
     io_binding: keep states in bound device buffers (default); False uses plain ``session.run``.
     check_finite: reject NaN/Inf inputs (costs a pass over each input).
+    verify_cuda_graph: with cuda_graph, compare the captured graphs with eager runs once at start.
 
     A session is not thread-safe; with CUDA graphs call it from the thread that created it
     (onnxruntime keeps captured graphs per thread).
@@ -178,7 +225,8 @@ class StreamingSession:
     def __init__(self, model: Union[str, os.PathLike, bytes], provider: ProviderArg = "auto", batch: int = 1,
                  threads: Optional[int] = None, cuda_graph: bool = False, trt_fp16: bool = True,
                  trt_cache_dir: Optional[str] = None, *, chunk_path: Optional[Union[str, os.PathLike]] = None,
-                 device_id: int = 0, io_binding: bool = True, check_finite: bool = False, log_level: int = 3):
+                 device_id: int = 0, io_binding: bool = True, check_finite: bool = False,
+                 verify_cuda_graph: bool = True, log_level: int = 3):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RuntimeInputError(f"batch must be a positive integer (number of streams), got {batch!r}")
         if cuda_graph and not io_binding:
@@ -191,6 +239,9 @@ class StreamingSession:
         self.device_id = int(device_id)
         self.model_label = "<bytes>" if isinstance(model, bytes) else os.fspath(model)
 
+        if self.cuda_graph and _version(_ort().__version__) < MIN_ORT_CUDA_GRAPH_IDS:
+            raise RuntimeProviderError(f"cuda_graph needs onnxruntime >= {'.'.join(map(str, MIN_ORT_CUDA_GRAPH_IDS))} "
+                                       f"(per-run gpu_graph_id); this is {_ort().__version__}: drop --cuda-graph")
         self.provider_plan = plan_providers(provider, device_id=device_id, cuda_graph=cuda_graph,
                                     trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
         so = session_options(threads, log_level)
@@ -224,6 +275,8 @@ class StreamingSession:
         if self.io_binding:
             self._engine = _BoundEngine(self._sess, self.spec, self.batch, self.device, device_id,
                                         self.cuda_graph, chunk_sess)
+            if self.cuda_graph and verify_cuda_graph:
+                self._engine.check_cuda_graphs(self._probe_input())
         else:
             self._engine = _PlainEngine(self._sess, self.spec, self.batch, chunk_sess)
         x = self.spec.input
@@ -340,6 +393,12 @@ class StreamingSession:
             for k, v in checked.items():
                 current[k][idx] = v
             self._engine.write_state(current)
+
+    def _probe_input(self) -> np.ndarray:
+        x = self.spec.input
+        if x.is_tokens:
+            return np.zeros((self.batch,), x.dtype)
+        return np.random.default_rng(1).standard_normal((self.batch, *x.shape)).astype(x.dtype)
 
     # ------------------------------------------------------------------ validation
     def _streams(self, streams) -> np.ndarray:

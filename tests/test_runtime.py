@@ -313,3 +313,50 @@ def test_latency_helpers(models):
     assert st.steps_per_s == pytest.approx(1e6 / st.mean_us, rel=1e-6)
     fl = measure_floor(s, n=50, warmup=5)
     assert fl.n == 50 and fl.p50_us > 0
+
+
+def _engine_with_graph_ids(path):
+    """A bound engine on a CPU session with the CUDA-graph run options set (the CPU provider ignores
+    gpu_graph_id): exercises the double-buffer / graph-id / self-check code that a GPU runs."""
+    from edgessm.runtime.session import _BoundEngine
+    s = _cpu(path, batch=2)
+    eng = _BoundEngine(s._sess, s.spec, 2, "cpu", 0, cuda_graph=True)
+    assert [ro.get_run_config_entry("gpu_graph_id") for ro in eng._run_options] == ["1", "2"]
+    return s, eng
+
+
+def test_graph_id_engine_steps_like_plain_and_self_check_passes(models):
+    p, path, _ = models["plain"]
+    s, eng = _engine_with_graph_ids(path)
+    x = np.random.default_rng(0).standard_normal((2, p.d_input)).astype(np.float32)
+    eng.check_cuda_graphs(x)
+    assert all(np.all(v == 0) for v in eng.read_state().values())  # the check leaves a zero state
+    plain = _cpu(path, batch=2, io_binding=False)
+    xs = _inputs(p, 2, 7)
+    for t in range(7):
+        np.testing.assert_array_equal(eng.step(xs[:, t]), plain.step(xs[:, t]))
+
+
+def test_cuda_graph_self_check_catches_a_graph_replayed_with_wrong_buffers(models):
+    """Emulate an onnxruntime that ignores gpu_graph_id: one captured graph (parity 0's buffers) replayed
+    for both directions, so the state stops advancing. The start-up check must refuse it."""
+    p, path, _ = models["plain"]
+    s, eng = _engine_with_graph_ids(path)
+    real = eng._sess
+
+    class OneGraphSession:
+        def run_with_iobinding(self, binding, run_options=None):
+            gid = run_options.get_run_config_entry("gpu_graph_id") if run_options is not None else ""
+            real.run_with_iobinding(eng._bindings[0] if gid in ("1", "2") else binding, run_options)
+
+    eng._sess = OneGraphSession()
+    with pytest.raises(RuntimeProviderError, match="CUDA graph replay disagrees with eager execution"):
+        eng.check_cuda_graphs(np.ones((2, p.d_input), np.float32))
+
+
+def test_cuda_graph_needs_recent_onnxruntime(models, monkeypatch):
+    import onnxruntime as ort
+    _, path, _ = models["plain"]
+    monkeypatch.setattr(ort, "__version__", "1.16.3")
+    with pytest.raises(RuntimeProviderError, match="cuda_graph needs onnxruntime >= 1.18"):
+        StreamingSession(path, provider="cpu", cuda_graph=True)
