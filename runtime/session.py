@@ -243,7 +243,7 @@ class StreamingSession:
             raise RuntimeProviderError(f"cuda_graph needs onnxruntime >= {'.'.join(map(str, MIN_ORT_CUDA_GRAPH_IDS))} "
                                        f"(per-run gpu_graph_id); this is {_ort().__version__}: drop --cuda-graph")
         self.provider_plan = plan_providers(provider, device_id=device_id, cuda_graph=cuda_graph,
-                                    trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
+                                            trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
         so = session_options(threads, log_level)
         self._sess, self.fallback = create_session(model, self.provider_plan, so, self.model_label)
         self.spec = read_graph_spec(self._sess, self.model_label)

@@ -11,7 +11,6 @@ import select
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
