@@ -1,0 +1,515 @@
+"""Balanced truncation of diagonal SSM channels, its horizon-aware variant, and two baselines.
+
+Dimensions: H channels, N stored modes (input), n = 2N real coordinates, K Gramian factor
+columns, k kept real order per channel, r stored modes per channel (output N = max r),
+F frequencies, L horizon / impulse-response length.
+
+Pipeline per channel (numpy float64, vectorised over channels; see gramians.py for the math):
+
+1. the standard realisation (A, B, C A, D + 2 Re sum C B) of the real input-output map in
+   doubled complex coordinates; closed-form Cauchy-like Gramians, factored P = F_P F_P^T,
+   Q = F_Q F_Q^T (real coordinates) by generator-form complete-pivoting Cholesky;
+2. Hankel singular values and square-root balanced truncation (Laub, Heath, Paige & Ward 1987;
+   Tombs & Postlethwaite 1987): F_Q^T F_P = U S V^T, T = F_P V_k S_k^{-1/2},
+   Ti = S_k^{-1/2} U_k^T F_Q^T, (A_r, B_r, C'_r) = (Ti A T, Ti B, C' T), a real order-k system;
+3. re-diagonalisation (eig of A_r): a conjugate pair becomes one stored mode, a real eigenvalue a
+   real mode (A real, C halved); back to the updated-state convention by C = C'_r / lambda,
+   D = D' - 2 Re sum C B; checked against the real reduced system on its impulse response.
+
+Error bounds (Enns 1984; Glover 1984): for a stable minimal system and sigma_k > sigma_{k+1},
+the order-k balanced truncation is stable and sigma_{k+1} <= ||G - G_k||_inf <= 2 sum_{i>k} sigma_i.
+
+Rank rule: a rank r counts STORED modes. For target r the kept real order k is the largest
+k <= 2r whose re-diagonalised system has (#conjugate pairs + #real eigenvalues) <= r; the channel
+is padded to r stored modes with inactive padding modes (A = 0.5, B = C = 0). The certified bound
+uses the kept k.
+
+Horizon-aware BT (Gawronski & Juang 1990): the L-step Gramians of the window y_0..y_{L-1}
+replace the infinite ones; no stability guarantee and no bound, so the reduced system is checked
+and the order lowered (then plain BT) when it is unstable; the measured L-step operator error
+``horizon_operator_error`` is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import RankError, UnstableSystemError
+from .gramians import (cauchy_real_factor, dense_pivoted_cholesky, doubled_realisation,
+                       horizon_gramian, real_gramian, real_rows)
+from .ssm import DiagonalSSM
+
+__all__ = ["Reduction", "balanced_truncation", "hankel_singular_values", "modal_truncation",
+           "random_truncation", "hinf_norm", "horizon_operator_error", "error_system",
+           "PADDING_A"]
+
+# Padding modes: inactive (B = C = 0) with A = 0.5: nonzero and != 1, because the model maps a
+# stored mode back to Lambda = log(A) / dt.
+PADDING_A = 0.5
+
+# HSVs below this fraction of sigma_1 are float64 noise of the factor product (errors ~ eps sigma_1):
+# directions beyond it are never kept (keeping them would divide by sqrt(noise) in T and Ti).
+HSV_NOISE_RTOL = 1e-13
+
+# Re-diagonalisation check: the diagonal form may differ from the real balanced reduced system by at
+# most this fraction of the certified bound plus RECON_ATOL_REL * sum|h| (the float64 floor, about
+# 1e4 eps: eig of a k x k matrix with a moderately conditioned eigenvector matrix), measured as the
+# l1 norm of the impulse-response difference over RECON_L samples (an upper estimate of the
+# H-infinity difference within that window).
+RECON_BOUND_FRACTION = 0.1
+RECON_ATOL_REL = 1e-12
+RECON_L = 128
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Result of every reducer (same type always).
+
+    system: the reduced DiagonalSSM, N = max(rank), channels padded with inactive modes.
+    order: int (H) real state dimension kept; rank: int (H) stored modes used (<= system.N).
+    hsv: r(H 2N_in) descending, zero-padded (the time-limited HSVs when horizon is set; NaN for
+    the baselines, which do not compute them). full_order: int (H) real state count of the input.
+    bound: r(H) certified H-infinity bound 2 sum_{i>k} sigma_i (NaN where no certified bound exists:
+    horizon-aware and baseline reductions). measured_hinf: r(H) measured ||G - G_r||_inf or None.
+    horizon, horizon_error: L and the measured L-step operator error per channel, or None.
+    """
+
+    system: DiagonalSSM
+    order: np.ndarray
+    rank: np.ndarray
+    hsv: np.ndarray
+    full_order: np.ndarray
+    bound: np.ndarray
+    measured_hinf: np.ndarray | None
+    horizon: int | None
+    horizon_error: np.ndarray | None
+    method: str
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """JSON-ready report: method, shapes, per-channel orders/ranks/bounds as lists, warnings."""
+        def lst(x: np.ndarray | None) -> list | None:
+            return None if x is None else [None if not np.isfinite(v) else float(v) for v in np.asarray(x, float)]
+        return {
+            "method": self.method,
+            "channels": int(self.system.H),
+            "stored_modes": int(self.system.N),
+            "rank": [int(v) for v in self.rank],
+            "order": [int(v) for v in self.order],
+            "full_order": [int(v) for v in self.full_order],
+            "bound": lst(self.bound),
+            "measured_hinf": lst(self.measured_hinf),
+            "horizon": self.horizon,
+            "horizon_error": lst(self.horizon_error),
+            "max_bound": None if not np.any(np.isfinite(self.bound)) else float(np.nanmax(self.bound)),
+            "max_measured_hinf": None if self.measured_hinf is None else float(np.max(self.measured_hinf)),
+            "warnings": list(self.warnings),
+        }
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+def _where(layer: object | None) -> str:
+    return "" if layer is None else f"layer {layer}: "
+
+
+def _validate(sys: DiagonalSSM, layer: object | None) -> None:
+    """UnstableSystemError naming the first bad channel: NaN/Inf weights or |A| >= 1."""
+    finite = (np.isfinite(sys.A) & np.isfinite(sys.B) & np.isfinite(sys.C)).all(axis=1) & np.isfinite(sys.D)  # (H)
+    if not finite.all():
+        h = int(np.flatnonzero(~finite)[0])
+        raise UnstableSystemError(f"{_where(layer)}channel {h} has NaN/Inf in A, B, C or D; "
+                                  f"reduce only a finite model (check the checkpoint or the training run)")
+    rad = sys.spectral_radius()  # (H)
+    if np.any(rad >= 1.0):
+        h = int(np.flatnonzero(rad >= 1.0)[0])
+        raise UnstableSystemError(f"{_where(layer)}channel {h} has |A| = {rad[h]:.17g} >= 1 (unstable or marginal); "
+                                  f"balanced truncation needs |A| < 1: retrain with a stable parametrisation or clip the eigenvalues")
+
+
+def _ranks(rank: int | np.ndarray, H: int, N: int, layer: object | None) -> np.ndarray:
+    r = np.asarray(rank)
+    if r.dtype.kind not in "iu" and not (r.dtype.kind == "f" and np.all(np.isfinite(r)) and np.all(r == np.round(r))):
+        raise RankError(f"{_where(layer)}rank must be an int or an int array of shape ({H},), got {rank!r}")
+    r = np.broadcast_to(r.astype(np.int64), (H,)) if r.ndim == 0 else r.astype(np.int64)
+    if r.shape != (H,):
+        raise RankError(f"{_where(layer)}rank array must have shape ({H},) (one per channel), got {r.shape}")
+    bad = (r <= 0) | (r >= N)
+    if bad.any():
+        h = int(np.flatnonzero(bad)[0])
+        raise RankError(f"{_where(layer)}rank {int(r[h])} for channel {h} is out of range; "
+                        f"use 1 <= rank <= {N - 1} (N = {N} stored modes; rank {N} would not reduce)")
+    return np.array(r)
+
+
+def _one_selector(rank, energy, tol, layer) -> None:
+    given = [name for name, v in (("rank", rank), ("energy", energy), ("tol", tol)) if v is not None]
+    if len(given) != 1:
+        raise RankError(f"{_where(layer)}give exactly one of rank, energy, tol (got {', '.join(given) or 'none'})")
+    if energy is not None and not (0.0 < float(energy) <= 1.0):
+        raise RankError(f"{_where(layer)}energy must lie in (0, 1] (fraction of sum of HSVs kept), got {energy!r}")
+    if tol is not None and not (float(tol) > 0.0):
+        raise RankError(f"{_where(layer)}tol must be > 0 (bound relative to the channel's H-infinity gain), got {tol!r}")
+
+
+# ---- frequency-domain helpers ----------------------------------------------------------------
+
+def _tf(sys: DiagonalSSM, omega: np.ndarray) -> np.ndarray:
+    """c(H F): transfer function at per-channel frequencies omega r(H F) (ssm.transfer_function, batched)."""
+    z = np.exp(1j * omega)[:, None, :]  # (H 1 F)
+    CB = (sys.C * sys.B)[:, :, None]  # (H N 1)
+    A = sys.A[:, :, None]  # (H N 1)
+    G = np.sum(z * CB / (z - A) + z * np.conj(CB) / (z - np.conj(A)), axis=1)  # (H F)
+    return G + sys.D[:, None]
+
+
+def error_system(sys: DiagonalSSM, red: DiagonalSSM) -> DiagonalSSM:
+    """G - G_r as one DiagonalSSM (parallel connection with the reduced output negated)."""
+    return sys.concat_modes(DiagonalSSM(red.A, red.B, -red.C, -red.D))
+
+
+def hinf_norm(sys: DiagonalSSM, n_grid: int = 2048, n_peaks: int = 4, n_refine: int = 6,
+              chunk: int = 256) -> np.ndarray:
+    """r(H): max over omega of |G(e^{i omega})|, on a dense grid refined around the peaks.
+
+    The map is real, so omega in [0, pi]. Grid: n_grid uniform points plus every mode's |angle(A)|
+    (resonances of poles near the circle); then n_refine rounds of zooming (33 points, bracket / 16)
+    around the n_peaks largest grid values. A lower estimate of the true norm, converged to about
+    (pi / n_grid) / 16^n_refine in omega, i.e. far below float64 resolution for 1 - |A| >= 1e-6.
+    """
+    out = np.empty(sys.H)
+    for i in range(0, sys.H, chunk):
+        s = sys.channel(slice(i, i + chunk))
+        h = s.H
+        grid = np.concatenate([np.broadcast_to(np.linspace(0.0, np.pi, n_grid), (h, n_grid)),
+                               np.abs(np.angle(s.A))], axis=1)  # (h F)
+        grid.sort(axis=1)
+        mag = np.abs(_tf(s, grid))  # (h F)
+        best = mag.max(axis=1)  # (h)
+        top = np.argsort(mag, axis=1)[:, -n_peaks:]  # (h P)
+        lo = np.take_along_axis(grid, np.maximum(top - 1, 0), axis=1)  # (h P)
+        hi = np.take_along_axis(grid, np.minimum(top + 1, grid.shape[1] - 1), axis=1)  # (h P)
+        t = np.linspace(0.0, 1.0, 33)  # (33)
+        for _ in range(n_refine):
+            w = lo[:, :, None] + (hi - lo)[:, :, None] * t  # (h P 33)
+            m = np.abs(_tf(s, w.reshape(h, -1))).reshape(w.shape)  # (h P 33)
+            best = np.maximum(best, m.max(axis=(1, 2)))
+            j = np.argmax(m, axis=2)[:, :, None]  # (h P 1)
+            step = ((hi - lo) / 32.0)[:, :, None]  # (h P 1)
+            c = np.take_along_axis(w, j, axis=2)  # (h P 1)
+            lo, hi = np.clip(c - step, 0, np.pi)[:, :, 0], np.clip(c + step, 0, np.pi)[:, :, 0]
+        out[i:i + h] = best
+    return out
+
+
+def horizon_operator_error(sys: DiagonalSSM, red: DiagonalSSM, L: int) -> np.ndarray:
+    """r(H): operator 2-norm of the L x L lower-triangular Toeplitz matrix of the impulse-response difference.
+
+    The exact worst-case gain of G - G_r on inputs of length L (outputs over the same L steps), by SVD.
+    """
+    dh = sys.impulse_response(L) - red.impulse_response(L)  # (H L)
+    i = np.arange(L)
+    lag = i[:, None] - i[None, :]  # (L L)
+    T = np.where(lag >= 0, dh[:, np.maximum(lag, 0)], 0.0)  # (H L L)
+    return np.linalg.svd(T, compute_uv=False)[:, 0]
+
+
+# ---- square-root balanced truncation -----------------------------------------------------------
+
+@dataclass
+class _Balancer:
+    """Per-channel factors and SVD of the square-root method, and the real-coordinate realisation."""
+
+    FP: np.ndarray  # r(H n K)
+    FQ: np.ndarray  # r(H n K)
+    U: np.ndarray  # r(H K K)
+    S: np.ndarray  # r(H K) descending
+    Vt: np.ndarray  # r(H K K)
+    a: np.ndarray  # c(H N) mode nodes (real-coordinate A blocks)
+    Breal: np.ndarray  # r(H n)
+    Creal: np.ndarray  # r(H n) of the standard realisation (C' = C A)
+    Dstd: np.ndarray  # r(H)
+
+    @property
+    def max_order(self) -> np.ndarray:
+        """int (H): number of HSVs above the float64 noise floor (orders beyond it are never kept)."""
+        s1 = self.S[:, :1]  # (H 1)
+        return np.sum(self.S > HSV_NOISE_RTOL * s1, axis=1)
+
+
+def _balancer(sys: DiagonalSSM, horizon: int | None) -> _Balancer:
+    alpha, beta, gamma, Dstd = doubled_realisation(sys)  # (H M) x3, (H)
+    real = sys.real_modes() | ~(sys.active_modes())  # (H N) inactive modes behave as (empty) real ones
+    N = sys.N
+    if horizon is None:
+        FP = cauchy_real_factor(alpha, beta, real)  # (H n K)
+        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real)  # (H n K)
+    else:
+        # window y_0..y_{L-1}: its strictly causal part is the Toeplitz of h_1..h_{L-1} = C' A^{0..L-2} B,
+        # so both Gramians sum L - 1 terms of the standard realisation
+        P = real_gramian(horizon_gramian(alpha, beta, horizon - 1), real)  # (H n n)
+        Q = real_gramian(horizon_gramian(np.conj(alpha), np.conj(gamma), horizon - 1), real)  # (H n n)
+        FP, FQ = dense_pivoted_cholesky(P), dense_pivoted_cholesky(Q)  # (H n K)
+    K = max(FP.shape[2], FQ.shape[2])
+    FP = np.pad(FP, ((0, 0), (0, 0), (0, K - FP.shape[2])))
+    FQ = np.pad(FQ, ((0, 0), (0, 0), (0, K - FQ.shape[2])))
+    U, S, Vt = np.linalg.svd(np.swapaxes(FQ, 1, 2) @ FP)  # (H K K), (H K), (H K K)
+    Breal = real_rows(beta[:, :, None], real)[:, :, 0].real  # (H n)
+    Creal = real_rows(np.conj(gamma)[:, :, None], real)[:, :, 0].real  # (H n): C W^H = conj(W conj(C)^T)^T
+    a = np.where(real, alpha[:, :N].real, alpha[:, :N])  # (H N)
+    return _Balancer(FP, FQ, U, S, Vt, a, Breal, Creal, Dstd)
+
+
+def _apply_A(a: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """r(h n k): the real block-diagonal A (2x2 rotations-scalings, 1x1 for real modes) times X r(h n k)."""
+    N = a.shape[1]
+    ar, ai = a.real[:, :, None], a.imag[:, :, None]  # (h N 1)
+    re, im = X[:, :N], X[:, N:]  # (h N k)
+    return np.concatenate([ar * re - ai * im, ai * re + ar * im], axis=1)
+
+
+@dataclass
+class _Diag:
+    """Re-diagonalised reduced systems of a group of channels at one order k."""
+
+    A: np.ndarray  # c(h k) stored modes (first `count` used)
+    B: np.ndarray  # c(h k)
+    C: np.ndarray  # c(h k) updated-state convention
+    D: np.ndarray  # r(h)
+    count: np.ndarray  # int (h) stored modes
+    recon: np.ndarray  # r(h) l1 impulse-response difference diagonal vs real balanced (RECON_L samples)
+    scale: np.ndarray  # r(h) l1 norm of the real balanced impulse response
+    radius: np.ndarray  # r(h) spectral radius of the reduced system
+
+
+def _reduce_group(bal: _Balancer, idx: np.ndarray, k: int) -> _Diag:
+    """Order-k square-root BT of channels idx, re-diagonalised and checked (module docstring steps 2-3)."""
+    h = idx.size
+    if k == 0:
+        z = np.zeros((h, 0), np.complex128)
+        return _Diag(z, z, z, bal.Dstd[idx], np.zeros(h, int), np.zeros(h), np.abs(bal.Dstd[idx]), np.zeros(h))
+    S = bal.S[idx, :k]  # (h k)
+    isq = 1.0 / np.sqrt(S)  # (h k)
+    T = bal.FP[idx] @ (np.swapaxes(bal.Vt[idx, :k, :], 1, 2) * isq[:, None, :])  # (h n k)
+    Ti = (np.swapaxes(bal.U[idx, :, :k], 1, 2) * isq[:, :, None]) @ np.swapaxes(bal.FQ[idx], 1, 2)  # (h k n)
+    Ar = Ti @ _apply_A(bal.a[idx], T)  # (h k k)
+    Br = np.einsum("hkn,hn->hk", Ti, bal.Breal[idx])  # (h k)
+    Cr = np.einsum("hn,hnk->hk", bal.Creal[idx], T)  # (h k)
+    lam, X = np.linalg.eig(Ar)  # (h k), (h k k)
+    lam = lam.astype(np.complex128)
+    X = X.astype(np.complex128)
+    Bd = np.linalg.solve(X, Br.astype(np.complex128)[:, :, None])[:, :, 0]  # (h k)
+    Cd = np.einsum("hk,hkj->hj", Cr, X)  # (h k)
+    is_real = lam.imag == 0  # (h k) LAPACK returns exact zeros for real eigenvalues of a real matrix
+    keep = is_real | (lam.imag > 0)  # (h k) one stored mode per pair, one per real eigenvalue
+    Cd = np.where(is_real, Cd.real / 2.0, Cd)  # real modes store C halved (2 Re in the output)
+    Bd = np.where(is_real, Bd.real, Bd)
+    count = keep.sum(axis=1)  # (h)
+    order = np.argsort(~keep, axis=1, kind="stable")  # (h k) kept modes first
+    lam, Bd, Cd, keep = (np.take_along_axis(x, order, axis=1) for x in (lam, Bd, Cd, keep))
+    safe = np.where(keep & (lam != 0), lam, 1.0)  # (h k)
+    C = np.where(keep, Cd / safe, 0.0)  # (h k) C = C' / lambda (updated-state convention)
+    Bs = np.where(keep, Bd, 0.0)  # (h k)
+    A = np.where(keep, lam, PADDING_A)  # (h k)
+    D = bal.Dstd[idx] - 2.0 * np.sum(C * Bs, axis=1).real  # (h)
+    # check: impulse response of the diagonal form against the real balanced system (Ar, Br, Cr, D')
+    L = RECON_L
+    hb = np.empty((h, L))
+    hb[:, 0] = bal.Dstd[idx]
+    v = Br.copy()  # (h k)
+    for j in range(1, L):
+        hb[:, j] = np.einsum("hk,hk->h", Cr, v)
+        v = np.einsum("hij,hj->hi", Ar, v)
+    hd = DiagonalSSM(A, Bs, C, D).impulse_response(L)  # (h L)
+    bad_zero = np.any(keep & (np.abs(lam) < 1e-300), axis=1)  # (h) lambda = 0 cannot carry C' / lambda
+    recon = np.where(bad_zero, np.inf, np.sum(np.abs(hd - hb), axis=1))  # (h)
+    return _Diag(A, Bs, C, D, count, recon, np.sum(np.abs(hb), axis=1),
+                 np.max(np.where(keep, np.abs(lam), 0.0), axis=1))
+
+
+def _tail_bound(S: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """r(H): 2 sum_{i>k} sigma_i (Enns 1984, Glover 1984)."""
+    i = np.arange(S.shape[1])
+    return 2.0 * np.sum(np.where(i[None, :] >= k[:, None], S, 0.0), axis=1)
+
+
+def _search_orders(bal: _Balancer, r: np.ndarray, k0: np.ndarray, horizon: int | None,
+                   warnings: list[str], layer: object | None) -> tuple[np.ndarray, dict[int, tuple[int, _Diag, int]]]:
+    """Largest k <= k0 per channel meeting the rank rule, the reconstruction check and (horizon) stability.
+
+    -> k (H), and per channel (group order k, index within that group's _Diag) for assembly.
+    """
+    H = r.size
+    k = np.minimum(k0, bal.max_order)  # (H)
+    done: dict[int, tuple[int, _Diag, int]] = {}
+    todo = np.arange(H)
+    while todo.size:
+        nxt = []
+        for kk in np.unique(k[todo]):
+            idx = todo[k[todo] == kk]
+            dg = _reduce_group(bal, idx, int(kk))
+            bound = _tail_bound(bal.S[idx], np.full(idx.size, kk))  # (h)
+            floor = RECON_BOUND_FRACTION * bound + RECON_ATOL_REL * dg.scale  # (h)
+            ok_rank = dg.count <= r[idx]
+            ok_recon = dg.recon <= floor
+            ok_stable = dg.radius < 1.0
+            for j, hh in enumerate(idx):
+                if ok_rank[j] and ok_recon[j] and ok_stable[j]:
+                    done[int(hh)] = (int(kk), dg, j)
+                    continue
+                if ok_rank[j] and not ok_recon[j]:
+                    warnings.append(f"{_where(layer)}channel {hh}: re-diagonalisation at order {kk} lost "
+                                    f"{dg.recon[j]:.3g} (> {floor[j]:.3g}); order lowered")
+                elif ok_rank[j] and not ok_stable[j]:
+                    warnings.append(f"{_where(layer)}channel {hh}: reduced system at order {kk} is unstable "
+                                    f"(|lambda| = {dg.radius[j]:.6g}); order lowered")
+                k[hh] = kk - 1  # one order at a time: the eigenvalue structure changes with k
+                nxt.append(hh)
+        todo = np.array(sorted(nxt), dtype=int)
+    return k, done
+
+
+def _assemble(H: int, r_out: np.ndarray, done: dict, D_fallback: np.ndarray) -> DiagonalSSM:
+    Nout = int(r_out.max())
+    A = np.full((H, Nout), PADDING_A, np.complex128)  # (H r)
+    B = np.zeros((H, Nout), np.complex128)  # (H r)
+    C = np.zeros((H, Nout), np.complex128)  # (H r)
+    D = np.array(D_fallback, dtype=np.float64)  # (H)
+    for hh, (kk, dg, j) in done.items():
+        c = int(dg.count[j])
+        A[hh, :c], B[hh, :c], C[hh, :c] = dg.A[j, :c], dg.B[j, :c], dg.C[j, :c]
+        D[hh] = dg.D[j]
+    return DiagonalSSM(A, B, C, D)
+
+
+def hankel_singular_values(sys: DiagonalSSM, *, horizon: int | None = None, layer: object | None = None) -> np.ndarray:
+    """r(H 2N): Hankel singular values of each channel's real input-output map, descending, zero-padded.
+
+    With horizon=L: the time-limited (L-step window) singular values instead.
+    """
+    _validate(sys, layer)
+    _check_horizon(horizon, layer)
+    S = _balancer(sys, horizon).S  # (H K)
+    return _pad(S, 2 * sys.N)
+
+
+def _pad(S: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((S.shape[0], n))
+    m = min(n, S.shape[1])
+    out[:, :m] = S[:, :m]
+    return out
+
+
+def _check_horizon(horizon: int | None, layer: object | None) -> None:
+    if horizon is not None and (not isinstance(horizon, (int, np.integer)) or horizon < 2):
+        raise RankError(f"{_where(layer)}horizon must be an int >= 2 (the number of output steps of the window), got {horizon!r}")
+
+
+def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, *, energy: float | None = None,
+                        tol: float | None = None, horizon: int | None = None, measure: bool = True,
+                        layer: object | None = None) -> Reduction:
+    """Square-root balanced truncation of every channel, re-diagonalised into a DiagonalSSM.
+
+    Exactly one selector: rank (int or int (H) array, stored modes, 1 <= r < N), energy e (smallest
+    k with sum_{i<=k} sigma_i / sum sigma_i >= e, the cumulative HSV fraction of CompreSSM,
+    arXiv 2510.02823, whose code sums sigma, not sigma^2), or tol t (smallest k with
+    2 sum_{i>k} sigma_i <= t ||G||_inf). energy and tol choose k, then r = the stored modes of that
+    order-k system, then the rank rule (which can only keep more). horizon=L: horizon-aware BT.
+    measure: also compute ||G - G_r||_inf on a refined grid (costs about as much as the reduction).
+    """
+    _validate(sys, layer)
+    _one_selector(rank, energy, tol, layer)
+    _check_horizon(horizon, layer)
+    H, N = sys.H, sys.N
+    warnings: list[str] = []
+    bal = _balancer(sys, horizon)
+    full = sys.real_state_dims()  # (H)
+    if rank is not None:
+        r = _ranks(rank, H, N, layer)
+    else:
+        S = bal.S  # (H K)
+        if energy is not None:
+            frac = np.cumsum(S, axis=1) / np.maximum(S.sum(axis=1, keepdims=True), 1e-300)  # (H K)
+            k_sel = 1 + np.argmax(frac >= float(energy) * (1 - 1e-15), axis=1)  # (H)
+        else:
+            gain = hinf_norm(sys)  # (H)
+            tails = 2.0 * (S.sum(axis=1, keepdims=True) - np.cumsum(S, axis=1))  # (H K) bound at k = 1..K
+            ok = np.concatenate([2.0 * S.sum(axis=1, keepdims=True), tails], axis=1) <= float(tol) * gain[:, None]
+            k_sel = np.where(ok.any(axis=1), np.argmax(ok, axis=1), S.shape[1])  # (H)
+        k_sel = np.minimum(k_sel, bal.max_order)
+        r = np.ones(H, dtype=np.int64)
+        for kk in np.unique(k_sel):
+            idx = np.flatnonzero(k_sel == kk)
+            r[idx] = np.maximum(_reduce_group(bal, idx, int(kk)).count, 1)
+        r = np.minimum(r, N)
+    k, done = _search_orders(bal, r, 2 * r, horizon, warnings, layer)
+    if horizon is not None:
+        fallback = [hh for hh in range(H) if done[hh][0] == 0 and bal.max_order[hh] > 0]
+        if fallback:
+            plain = balanced_truncation(sys.channel(np.array(fallback)), r[fallback], measure=False, layer=layer)
+            warnings.append(f"{_where(layer)}channels {fallback}: no stable horizon-aware reduction at any order "
+                            f"<= 2r; used infinite-horizon balanced truncation")
+            k = k.copy()
+            for j, hh in enumerate(fallback):
+                k[hh] = plain.order[j]
+    red = _assemble(H, r, done, bal.Dstd)
+    if horizon is not None and fallback:
+        A, B, C, D = (np.array(x) for x in red.astuple())
+        for j, hh in enumerate(fallback):
+            n_j = plain.system.N
+            A[hh], B[hh], C[hh] = PADDING_A, 0, 0
+            A[hh, :n_j], B[hh, :n_j], C[hh, :n_j] = plain.system.A[j], plain.system.B[j], plain.system.C[j]
+            D[hh] = plain.system.D[j]
+        red = DiagonalSSM(A, B, C, D)
+    bound = _tail_bound(bal.S, k) if horizon is None else np.full(H, np.nan)
+    measured = hinf_norm(error_system(sys, red)) if measure else None
+    herr = horizon_operator_error(sys, red, horizon) if horizon is not None else None
+    return Reduction(red, k, r, _pad(bal.S, 2 * N), full, bound, measured, horizon, herr,
+                     "balanced" if horizon is None else "balanced-horizon", warnings)
+
+
+# ---- baselines ---------------------------------------------------------------------------------
+
+def _truncate_modes(sys: DiagonalSSM, keep: np.ndarray, r: np.ndarray, method: str, measure: bool) -> Reduction:
+    """Keep the stored modes where keep (H N) is True (at most r per channel), pad to max r."""
+    H = sys.H
+    Nout = int(r.max())
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :Nout]  # (H r) kept modes first
+    kept = np.take_along_axis(keep, order, axis=1)  # (H r)
+    A = np.where(kept, np.take_along_axis(sys.A, order, axis=1), PADDING_A)  # (H r)
+    B = np.where(kept, np.take_along_axis(sys.B, order, axis=1), 0)  # (H r)
+    C = np.where(kept, np.take_along_axis(sys.C, order, axis=1), 0)  # (H r)
+    red = DiagonalSSM(A, B, C, sys.D)
+    measured = hinf_norm(error_system(sys, red)) if measure else None
+    return Reduction(red, red.real_state_dims(), kept.sum(axis=1), np.full((H, 2 * sys.N), np.nan),
+                     sys.real_state_dims(), np.full(H, np.nan), measured, None, None, method, [])
+
+
+def modal_truncation(sys: DiagonalSSM, rank: int | np.ndarray, *, measure: bool = True,
+                     layer: object | None = None) -> Reduction:
+    """Keep the r stored modes with the largest H-infinity contribution (LAST, arXiv 2411.02824).
+
+    Score of a complex mode: the pair's gain bound 2 |C B| / (1 - |A|) (|z C B / (z - A)| peaks at
+    |C B| / (1 - |A|)); of a real mode: |2 Re(C B)| / (1 - |A|). No certified bound (bound = NaN);
+    measured_hinf is measured when measure=True.
+    """
+    _validate(sys, layer)
+    r = _ranks(rank, sys.H, sys.N, layer)
+    CB = sys.C * sys.B  # (H N)
+    score = np.where(sys.real_modes(), np.abs(2.0 * CB.real), 2.0 * np.abs(CB)) / (1.0 - np.abs(sys.A))  # (H N)
+    rank_of = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1)  # (H N) 0 = best
+    keep = (rank_of < r[:, None]) & sys.active_modes()  # (H N)
+    return _truncate_modes(sys, keep, r, "modal", measure)
+
+
+def random_truncation(sys: DiagonalSSM, rank: int | np.ndarray, *, seed: int = 0, measure: bool = True,
+                      layer: object | None = None) -> Reduction:
+    """Keep r active stored modes per channel chosen uniformly at random (seeded). bound = NaN."""
+    _validate(sys, layer)
+    r = _ranks(rank, sys.H, sys.N, layer)
+    rng = np.random.default_rng(seed)
+    score = np.where(sys.active_modes(), rng.random(sys.A.shape), -1.0)  # (H N)
+    rank_of = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1)  # (H N)
+    keep = (rank_of < r[:, None]) & sys.active_modes()  # (H N)
+    return _truncate_modes(sys, keep, r, "random", measure)

@@ -1,0 +1,255 @@
+"""Closed-form Gramians of diagonal SSM channels and their accurate factorisation.
+
+Dimensions: H channels, N stored modes, M = 2N doubled complex coordinates (a mode and its
+conjugate partner), K factor columns (numerical rank), n = 2N real coordinates.
+
+The real input-output map of a channel (ssm.py conventions: output reads the updated state)
+has Markov parameters h_0 = D + 2 Re(sum C B), h_k = 2 Re(sum C A^k B). It equals the standard
+realisation (x_{k+1} = A x_k + B u_k, y_k = C' x_k + D' u_k) with C' = C A and
+D' = D + 2 Re(sum C B). Everything here works on that standard realisation, written in doubled
+complex coordinates: per channel a list of M states x_i with
+
+    x_i <- alpha_i x_i + beta_i u,     y = sum_i gamma_i x_i + D' u,
+
+where a complex mode n gives two states (a_n, s_n, rho_n / s_n) and (conj a_n, s_n, conj(rho_n / s_n)),
+rho_n = C_n B_n A_n its residue and s_n = sqrt|rho_n| (a diagonal similarity that scales the
+controllability and observability Gramians alike); a real mode (imag(A) == 0) gives ONE real state
+with residue 2 Re(rho_n); padding or feedthrough-only modes (rho_n == 0) give beta = gamma = 0.
+This doubled system is the real block-diagonal realisation after the unitary change of basis
+z = W x (``real_coordinates``), so both have the same Gramians up to W and the same HSVs.
+
+Gramians in closed form (Stein equations P - A P A^H = beta beta^H, Q - A^H Q A = gamma^H gamma):
+
+    P_ij = beta_i conj(beta_j) / (1 - alpha_i conj(alpha_j))                      (Cauchy-like)
+    Q_ij = conj(gamma_i) gamma_j / (1 - conj(alpha_i) alpha_j)
+
+Factorisation: complete-pivoting (diagonal-pivoting) Cholesky computed on the fly from the
+generators. A Schur complement of a displacement-rank-1 Cauchy-like matrix is again Cauchy-like
+with the generator multiplied by the Blaschke factor of the pivot node,
+
+    S_ij = beta_i' conj(beta_j') / (1 - alpha_i conj(alpha_j)),
+    beta_i' = beta_i (alpha_i - alpha_p) / (1 - conj(alpha_p) alpha_i),
+
+(the Schur algorithm for Pick matrices; Gohberg, Kailath, Olshevsky 1995; high relative accuracy
+of GECP on Cauchy-like matrices: Demmel 1999), so every pivot and column is a product of
+accurately computed factors, never a difference of large Gramian entries. Exact rank deficiency
+(aliased, coinciding modes) gives exactly zero generators. Cost O(M K) per step, O(M K^2)... with
+K the numerical rank, vectorised over channels.
+
+Finite horizon (Gawronski & Juang 1990): the L-step Gramians P_L = sum_{k<L} A^k B B^H A^kH have
+displacement rank 2, so they are formed densely and factored by the same pivoting on explicit
+Schur complements.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ssm import DiagonalSSM
+
+__all__ = ["doubled_realisation", "cauchy_real_factor", "dense_pivoted_cholesky", "horizon_gramian",
+           "real_rows", "real_gramian", "hankel_singular_values", "PIVOT_RTOL"]
+
+# Pivoted Cholesky stops when the largest remaining pivot is below PIVOT_RTOL times the first one.
+# A Gramian perturbation of relative size t moves sigma_i by about t sigma_1^2 / sigma_i (relative
+# to sigma_i), so keeping sigma_i >= 1e-12 sigma_1 to 1e-8 relative needs t <~ 1e-32; the generator
+# form computes such tiny pivots to high relative accuracy, so going that deep costs only time.
+PIVOT_RTOL = 1e-34
+
+
+def doubled_realisation(sys: DiagonalSSM) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The standard realisation of sys in doubled complex coordinates (module docstring).
+
+    -> alpha c(H M), beta c(H M), gamma c(H M), D' r(H). Index n is mode n, index N + n its partner
+    (unused, beta = gamma = 0, alpha = 0, for real and inactive modes).
+    """
+    A, B, C, D = sys.astuple()
+    H, N = A.shape
+    real = sys.real_modes()  # (H N)
+    rho = C * B * A  # (H N) residue of C' = C A
+    rho_real = 2.0 * rho.real  # (H N) residue of a real mode's single real state
+    active_c = ~real & (rho != 0)  # (H N)
+    active_r = real & (rho_real != 0)  # (H N)
+    s = np.sqrt(np.abs(np.where(real, rho_real, rho)))  # (H N) balanced split of the residue
+    safe = np.where(s > 0, s, 1.0)  # (H N)
+    alpha = np.zeros((H, 2 * N), np.complex128)  # (H M)
+    beta = np.zeros((H, 2 * N), np.complex128)  # (H M)
+    gamma = np.zeros((H, 2 * N), np.complex128)  # (H M)
+    alpha[:, :N] = np.where(active_c, A, np.where(active_r, A.real, 0.0))
+    alpha[:, N:] = np.where(active_c, np.conj(A), 0.0)
+    beta[:, :N] = np.where(active_c | active_r, s, 0.0)
+    beta[:, N:] = np.where(active_c, s, 0.0)
+    gamma[:, :N] = np.where(active_c, rho / safe, np.where(active_r, rho_real / safe, 0.0))
+    gamma[:, N:] = np.where(active_c, np.conj(rho / safe), 0.0)
+    D_std = D + 2.0 * np.sum(C * B, axis=1).real  # (H)
+    return alpha, beta, gamma, D_std
+
+
+def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL,
+                       chunk: int = 256) -> np.ndarray:
+    """F r(H 2N K): real factor F F^T of the real-coordinate Gramian of a conjugate-symmetric Cauchy-like matrix.
+
+    alpha, g c(H M) in the doubled layout of ``doubled_realisation`` (entry N + n is the partner of
+    complex mode n: conj alpha, conj g), real (H N) marks real modes. The doubled Gramian is
+    P_ij = g_i conj(g_j) / (1 - alpha_i conj(alpha_j)); the real one is W P W^H (``real_rows``).
+
+    Complete pivoting over modes; a complex pivot mode is eliminated together with its partner
+    (x_p, then x_p-bar, two Cholesky columns l1, l2), a real one alone (l1, and a zero column).
+    Partner generators stay the conjugates of the mode generators, so only the N mode generators
+    are updated (by both Blaschke factors). The pair columns are made real by a 2x2 unitary:
+    conj(L) = Pi L Z with Pi the partner swap and Z = [[conj c, s], [s, -c]] (c = l21 / l11,
+    s = l22 / l11) symmetric unitary per pair; its Takagi factor X (Z = X X^T) gives W L X real.
+    K = 2 x the number of pivot steps (the largest over channels; finished channels add zeros).
+    """
+    H, M = alpha.shape
+    N = M // 2
+    out = [_cauchy_real_factor_chunk(alpha[i:i + chunk], g[i:i + chunk], real[i:i + chunk], rtol)
+           for i in range(0, H, chunk)]
+    K = max(f.shape[2] for f in out)
+    F = np.zeros((H, 2 * N, K))  # (H 2N K)
+    for i, f in zip(range(0, H, chunk), out):
+        F[i:i + chunk, :, :f.shape[2]] = f
+    return F
+
+
+def _cauchy_real_factor_chunk(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float) -> np.ndarray:
+    H, M = alpha.shape
+    N = M // 2
+    rows = np.arange(H)
+    a = alpha[:, :N].copy()  # (H N) mode nodes; partners are conj(a)
+    gm = np.array(g[:, :N], dtype=np.complex128)  # (H N) mode generators; partners are conj(gm)
+    cplx = ~real  # (H N)
+    one_minus = (1.0 - np.abs(a)) * (1.0 + np.abs(a))  # (H N) 1 - |a|^2
+    d = np.abs(gm) ** 2 / one_minus  # (H N) diagonal of mode entries (= partner entries)
+    d_first = d.max(axis=1)  # (H)
+    live = d_first > 0  # (H)
+    r2 = np.sqrt(0.5)
+    cols: list[np.ndarray] = []
+    for _ in range(N):
+        p = np.argmax(d, axis=1)  # (H)
+        dp = d[rows, p]  # (H)
+        live &= dp > rtol * d_first
+        if not live.any():
+            break
+        ap = a[rows, p][:, None]  # (H 1) pivot node
+        gp = gm[rows, p][:, None]  # (H 1) pivot generator
+        pc = cplx[rows, p] & live  # (H) complex pivot: eliminate the pair
+        inv = np.where(live, 1.0 / np.sqrt(np.where(live, dp, 1.0)), 0.0)[:, None]  # (H 1)
+        # column l1 = P[:, p] / sqrt(dp): rows n (nodes a) and N+n (nodes conj a, generators conj gm)
+        den_m = 1.0 - a * np.conj(ap)  # (H N) 1 - a_i conj(a_p)
+        den_c = 1.0 - np.conj(a) * np.conj(ap)  # (H N) 1 - conj(a_i) conj(a_p)
+        l1_m = gm * (np.conj(gp) * inv) / den_m  # (H N)
+        l1_c = np.conj(gm) * (np.conj(gp) * inv) / den_c  # (H N)
+        # after eliminating x_p: generators times B_p(z) = (z - a_p) / (1 - conj(a_p) z)
+        b1_m = (a - ap) / den_m  # (H N) at the mode nodes
+        b1_c = (np.conj(a) - ap) / den_c  # (H N) at the partner nodes
+        g1_m = gm * b1_m  # (H N)
+        g1_c = np.conj(gm) * b1_c  # (H N)
+        # second pivot: the partner x_p-bar (node conj a_p, generator g1_c[p])
+        gq = g1_c[rows, p][:, None]  # (H 1)
+        dq = np.abs(gq[:, 0]) ** 2 / one_minus[rows, p]  # (H)
+        inv2 = np.where(pc, 1.0 / np.sqrt(np.where(pc & (dq > 0), dq, 1.0)), 0.0)[:, None]  # (H 1)
+        inv2 = np.where((dq > 0)[:, None], inv2, 0.0)
+        den2_m = 1.0 - a * ap  # (H N) 1 - a_i conj(conj a_p)
+        den2_c = 1.0 - np.conj(a) * ap  # (H N)
+        l2_m = g1_m * (np.conj(gq) * inv2) / den2_m  # (H N)
+        l2_c = g1_c * (np.conj(gq) * inv2) / den2_c  # (H N)
+        # generator update of the modes: both Blaschke factors for a pair, one for a real pivot
+        b2_m = (a - np.conj(ap)) / den2_m  # (H N) B_{conj a_p}(a_i)
+        upd = np.where(pc[:, None], b1_m * b2_m, np.where(live[:, None], b1_m, 1.0))  # (H N)
+        gm *= upd
+        d *= np.abs(upd) ** 2
+        d[rows, p] = np.where(live, 0.0, d[rows, p])
+        # realify the pair: Takagi factor X of Z = [[conj c, s], [s, -c]] (Z = X X^T)
+        c = l1_c[rows, p] * inv[:, 0]  # (H) l21 / l11
+        c = np.where(pc, c, 0.0)
+        s = np.where(pc, np.sqrt(np.where(pc, dq, 0.0)) * inv[:, 0], 0.0)  # (H) l22 / l11
+        phi = 0.5 * np.arctan2(s, c.real)  # (H) eigenvectors of Re Z = [[Re c, s], [s, -Re c]]
+        rad = np.hypot(c.real, s)  # (H)
+        e_plus = np.exp(0.5j * np.angle(rad - 1j * c.imag))  # (H)
+        e_minus = np.exp(0.5j * np.angle(-rad - 1j * c.imag))  # (H)
+        X = np.empty((H, 2, 2), np.complex128)  # (H 2 2)
+        X[:, 0, 0] = np.cos(phi) * e_plus
+        X[:, 1, 0] = np.sin(phi) * e_plus
+        X[:, 0, 1] = -np.sin(phi) * e_minus
+        X[:, 1, 1] = np.cos(phi) * e_minus
+        X[~pc] = np.eye(2)
+        # rows to real coordinates (z = W x), then columns times X
+        Lm = np.stack([l1_m, l2_m], axis=2)  # (H N 2)
+        Lc = np.stack([l1_c, l2_c], axis=2)  # (H N 2)
+        zr = np.where(real[:, :, None], Lm, (Lm + Lc) * r2)  # (H N 2)
+        zi = np.where(real[:, :, None], 0.0, 1j * (Lc - Lm) * r2)  # (H N 2)
+        Z = np.concatenate([zr, zi], axis=1)  # (H 2N 2)
+        cols.append(np.einsum("hnk,hkj->hnj", Z, X).real)  # (H 2N 2)
+    if not cols:
+        return np.zeros((H, 2 * N, 0))
+    return np.concatenate(cols, axis=2)  # (H 2N K)
+
+
+def horizon_gramian(alpha: np.ndarray, g: np.ndarray, L: int) -> np.ndarray:
+    """c(H M M): the L-term Gramian sum_{k<L} A^k g g^H A^kH = g_i conj(g_j) (1 - (alpha_i conj alpha_j)^L) / (1 - alpha_i conj alpha_j)."""
+    prod = alpha[:, :, None] * np.conj(alpha[:, None, :])  # (H M M)
+    geo = -np.expm1(L * np.log(prod + (prod == 0))) / (1.0 - prod)  # (H M M), log(1) = 0 where prod == 0
+    geo = np.where(prod == 0, 1.0, geo)  # (H M M) 1 + 0 + ... when a node is 0
+    return g[:, :, None] * np.conj(g[:, None, :]) * geo
+
+
+def dense_pivoted_cholesky(P: np.ndarray, rtol: float = 1e-14) -> np.ndarray:
+    """F r(H n K) with P ~ F F^T for symmetric PSD P r(H n n), by complete pivoting on explicit Schur complements.
+
+    Used for the finite-horizon Gramians, which are not displacement-rank 1. Explicit Schur
+    complements carry absolute errors ~ eps ||P||, so pivots below rtol * (first pivot) are noise
+    and end the factorisation (unlike cauchy_real_factor, which resolves them).
+    """
+    H, n, _ = P.shape
+    S = np.array(P, dtype=np.float64)  # (H n n)
+    rows = np.arange(H)
+    d = np.einsum("hii->hi", S).copy()  # (H n)
+    d_first = d.max(axis=1)  # (H)
+    live = d_first > 0  # (H)
+    cols: list[np.ndarray] = []
+    for _ in range(n):
+        p = np.argmax(d, axis=1)  # (H)
+        dp = d[rows, p]  # (H)
+        live &= dp > rtol * d_first
+        if not live.any():
+            break
+        scale = np.where(live, 1.0 / np.sqrt(np.where(live, dp, 1.0)), 0.0)[:, None]  # (H 1)
+        col = S[rows, :, p] * scale  # (H n)
+        cols.append(col)
+        S -= col[:, :, None] * col[:, None, :]
+        d = np.maximum(np.einsum("hii->hi", S), 0.0)  # (H n)
+        d[rows, p] = 0.0
+    if not cols:
+        return np.zeros((H, n, 0))
+    return np.stack(cols, axis=2)  # (H n K)
+
+
+def real_rows(X: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """c(H M ...) -> c(H 2N ...): rows mapped from doubled complex to real coordinates, z = W x.
+
+    Row n is Re and row N + n is Im of complex mode n: z_re = (x_n + x_{N+n}) / sqrt 2,
+    z_im = (-i x_n + i x_{N+n}) / sqrt 2 (W unitary per pair). A real mode (real (H N) True) keeps
+    z = x_n in row n and a zero row N + n.
+    """
+    N = real.shape[1]
+    shape = real.shape + (1,) * (X.ndim - 2)
+    r = real.reshape(shape)
+    top, bot = X[:, :N], X[:, N:]
+    z_re = np.where(r, top, (top + bot) / np.sqrt(2.0))
+    z_im = np.where(r, 0.0, 1j * (bot - top) / np.sqrt(2.0))
+    return np.concatenate([z_re, z_im], axis=1)
+
+
+def real_gramian(P: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """r(H 2N 2N): W P W^H, the real-coordinate Gramian of a doubled complex Hermitian one c(H M M)."""
+    WP = real_rows(P, real)  # (H 2N M)
+    return real_rows(np.conj(np.swapaxes(WP, 1, 2)), real).real  # (H 2N 2N) = W (W P)^H = W P W^H
+
+
+def hankel_singular_values(FQ: np.ndarray, FP: np.ndarray) -> np.ndarray:
+    """r(H K): sigma = sv(F_Q^T F_P), descending, from real Gramian factors P = F_P F_P^T, Q = F_Q F_Q^T.
+
+    The square-root method (Laub, Heath, Paige, Ward 1987; Tombs & Postlethwaite 1987): the HSVs
+    sqrt(eig(P Q)) are the singular values of the factor product, without forming P Q.
+    """
+    return np.linalg.svd(np.swapaxes(FQ, 1, 2) @ FP, compute_uv=False)  # (H K)
