@@ -1,0 +1,329 @@
+"""``export_onnx``: model or checkpoint -> verified ONNX step graph (+ chunk graph), written atomically.
+
+The graph contract and the measured numbers are in docs/onnx.md; the graphs in graph.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgessm import __version__
+from edgessm.errors import EdgeSSMError, ExportError
+
+from . import verify as _verify
+from .graph import MIN_OPSET, TARGETS, build_chunk_graph, build_step_graph, node_counts, state_specs
+from .lowering import ModelParams, lower_model
+
+__all__ = ["export_onnx", "ExportResult", "read_metadata", "FORMAT_VERSION", "default_chunk_path"]
+
+FORMAT_VERSION = "1"
+METADATA_PREFIX = "edgessm."
+
+
+@dataclass
+class ExportResult:
+    """What ``export_onnx`` wrote. Per-graph dicts are keyed "step" and (with chunk) "chunk"."""
+
+    path: Path                                   # the step graph
+    chunk_path: Optional[Path]                   # the chunk graph, or None
+    target: str
+    precision: str                               # "fp32" | "fp16"
+    opset: int
+    node_counts: dict[str, dict[str, Any]]       # {"encoder", "blocks": [..], "ssm": [..], "head", "pool", "total"}
+    ort_optimized_nodes: dict[str, int]          # total nodes after onnxruntime ORT_ENABLE_ALL (CPU provider)
+    file_sizes: dict[str, int]                   # bytes
+    parity: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # graph -> output -> {max_abs, rel}
+    tolerance: Optional[float] = None            # the relative bar parity was held to (None: not verified)
+    verify_steps: int = 0
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # graph -> metadata_props as written
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.path] + ([self.chunk_path] if self.chunk_path is not None else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``--json``)."""
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["chunk_path"] = str(self.chunk_path) if self.chunk_path is not None else None
+        return d
+
+
+def default_chunk_path(out_path: Union[str, os.PathLike], T: int) -> Path:
+    """``model.onnx`` -> ``model.chunk{T}.onnx`` next to it."""
+    p = Path(out_path)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return p.with_name(f"{stem}.chunk{T}.onnx")
+
+
+def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str = "cpu", fp16: bool = False,
+                chunk: Optional[int] = None, opset: int = MIN_OPSET, verify: bool = True, verify_steps: int = 300,
+                report: Optional[dict] = None, source_sha256: Optional[str] = None,
+                chunk_path: Optional[Union[str, os.PathLike]] = None) -> ExportResult:
+    """Lower an SSMModel (or the checkpoint at a path) to ONNX, check it, write it atomically.
+
+    target: "cpu" (elementwise SSM update, fastest on the CPU provider) or "cuda"/"tensorrt"
+        (one Einsum per SSM update and readout: fewest nodes for launch-bound GPU steps).
+    fp16: float16 weights/activations; the recurrence, inputs, outputs and states stay float32.
+    chunk: also write a T-step chunk graph (``chunk_path``, default ``<stem>.chunk{T}.onnx``).
+    verify: run each graph for ``verify_steps`` steps (rounded up to whole chunks) in onnxruntime
+        CPU against ``model(x)`` and the float64 oracle; ExportError if over the bar (nothing written).
+    report: compression report summary (stored as ``edgessm.error_bounds``).
+    source_sha256: hash of the source checkpoint (computed from the path when a path is given).
+    Raises ExportError (one line) for unsupported models/options, unwritable paths, failed parity.
+    """
+    from edgessm.checkpoint import file_sha256
+
+    # ---- options -------------------------------------------------------------------------
+    if target not in TARGETS:
+        raise ExportError(f"target {target!r} is not one of {', '.join(TARGETS)}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ExportError(f"opset {opset!r} is not supported; use an opset >= {MIN_OPSET} (LayerNormalization)")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+        raise ExportError(f"chunk={chunk!r} must be a positive integer number of steps (or None for no chunk graph)")
+    if isinstance(verify_steps, bool) or not isinstance(verify_steps, (int, np.integer)) or verify_steps < 1:
+        raise ExportError(f"verify_steps={verify_steps!r} must be a positive integer")
+    out_path = Path(out_path)
+    chunk_out = None
+    if chunk is not None:
+        chunk = int(chunk)
+        chunk_out = Path(chunk_path) if chunk_path is not None else default_chunk_path(out_path, chunk)
+        if chunk_out.resolve() == out_path.resolve():
+            raise ExportError(f"chunk graph path {chunk_out} is the step graph's path; choose another chunk_path")
+    for p in [out_path] + ([chunk_out] if chunk_out is not None else []):
+        _check_writable(p)
+
+    # ---- model -----------------------------------------------------------------------------
+    if isinstance(model_or_path, (str, os.PathLike)):
+        import edgessm
+
+        model = edgessm.load(model_or_path)
+        if source_sha256 is None:
+            source_sha256 = file_sha256(model_or_path)
+    else:
+        model = model_or_path
+    if not hasattr(model, "config") or not hasattr(model, "blocks"):
+        raise ExportError(f"{type(model).__name__} is not an edgessm SSMModel; pass a model or a checkpoint path")
+    model = copy.deepcopy(model).cpu().float().eval()  # the caller's model keeps its device and mode
+    mp = lower_model(model)
+    precision = "fp16" if fp16 else "fp32"
+
+    # ---- graphs ------------------------------------------------------------------------------
+    graphs: dict[str, tuple[onnx.ModelProto, Path, Optional[int]]] = {
+        "step": (build_step_graph(mp, target, fp16, opset), out_path, None)}
+    if chunk is not None:
+        graphs["chunk"] = (build_chunk_graph(mp, chunk, fp16, opset, target), chunk_out, chunk)
+    counts, blobs = {}, {}
+    for kind, (g, _, _) in graphs.items():
+        try:
+            onnx.checker.check_model(g, full_check=True)
+        except onnx.checker.ValidationError as e:  # an exporter bug, not a user error
+            raise ExportError(f"{kind} graph fails onnx.checker ({str(e).splitlines()[0]}); "
+                              "report this exporter bug with the model config") from None
+        counts[kind] = node_counts(g)
+        blobs[kind] = g.SerializeToString()
+    opt_counts = {kind: _verify.optimized_node_count(b) for kind, b in blobs.items()}
+
+    # ---- parity ------------------------------------------------------------------------------
+    tol = _verify.TOLERANCE[precision] if verify else None
+    parity: dict[str, dict] = {}
+    steps = 0
+    if verify:
+        steps = int(verify_steps)
+        for kind, (g, path, T) in graphs.items():
+            L = steps if T is None else T * -(-steps // T)
+            parity[kind] = _check_parity(model, blobs[kind], kind, T, L, tol, precision, path)
+
+    # ---- metadata and files ----------------------------------------------------------------
+    metas = {}
+    for kind, (g, path, T) in graphs.items():
+        metas[kind] = _metadata(model, mp, kind=kind, T=T, target=target, precision=precision, opset=opset,
+                                counts=counts[kind], report=report, source_sha256=source_sha256,
+                                parity=parity.get(kind), tol=tol, steps=steps)
+        helper.set_model_props(g, metas[kind])
+        blobs[kind] = g.SerializeToString()
+    _write_all({graphs[k][1]: blobs[k] for k in graphs})
+    return ExportResult(path=out_path, chunk_path=chunk_out, target=target, precision=precision, opset=opset,
+                        node_counts=counts, ort_optimized_nodes=opt_counts,
+                        file_sizes={k: len(b) for k, b in blobs.items()}, parity=parity, tolerance=tol,
+                        verify_steps=steps, metadata=metas)
+
+
+def _check_parity(model, blob: bytes, kind: str, T: Optional[int], L: int, tol: float, precision: str,
+                  path: Path) -> dict[str, dict[str, float]]:
+    xs = _verify.make_input(model.config, batch=2, steps=L, seed=0)
+    ref = _verify.reference(model, xs)
+    result: dict[str, dict[str, float]] = {}
+    ys = {}
+    for opt in (True, False):
+        sess = _verify.session(blob, optimize=opt)
+        if T is None:
+            y, st = _verify.run_step_graph(sess, xs)
+        else:
+            y, st = _verify.run_chunk_graph(sess, xs, T)
+        got = {"y": y, **{"present_state." + k.split(".", 1)[1]: v for k, v in st.items()}}
+        ys[opt] = y
+        par = _verify.parity(got, ref)
+        bad = {k: v for k, v in par.items() if not v["rel"] <= tol}
+        if bad:
+            what = "; ".join(f"{k}: max abs {v['max_abs']:.3g}, rel {v['rel']:.3g}" for k, v in bad.items())
+            raise ExportError(
+                f"parity check failed for the {kind} graph {path.name} ({precision}, onnxruntime CPU, "
+                f"{'ORT_ENABLE_ALL' if opt else 'ORT_DISABLE_ALL'}, {L} steps): {what} > rel {tol:g}; "
+                "nothing was written; report this with the model config, or export with fp16=False / target='cpu'")
+        if opt:
+            result = par
+    result["ort_enable_all_vs_disable_all"] = {"max_abs": float(np.max(np.abs(ys[True] - ys[False]))),
+                                               "rel": float(np.max(np.abs(ys[True] - ys[False])))
+                                               / max(float(np.max(np.abs(ys[False]))), 1e-30)}
+    return result
+
+
+def _check_writable(p: Path) -> None:
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise ExportError(f"cannot write ONNX file {p}: it is a folder; give a file name such as {p / 'model.onnx'}")
+    if not parent.is_dir():
+        raise ExportError(f"cannot write ONNX file {p}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write ONNX file {p}: folder {parent} is not writable; choose a writable path")
+
+
+def _write_all(files: dict[Path, bytes]) -> None:
+    """Every file through a temp file + rename (atomic_write); on any error no temp file is left."""
+    from edgessm.checkpoint import atomic_write
+
+    try:
+        with contextlib.ExitStack() as stack:
+            tmps = {p: stack.enter_context(atomic_write(p, "ONNX file")) for p in files}
+            for p, blob in files.items():
+                with open(tmps[p], "wb") as f:
+                    f.write(blob)
+                    f.flush()
+                    os.fsync(f.fileno())
+    except EdgeSSMError as e:
+        raise ExportError(str(e)) from None
+    except OSError as e:
+        raise ExportError(f"cannot write ONNX file {e.filename or ''}: {e.strerror}; choose a writable path") from None
+
+
+# ---- metadata ----------------------------------------------------------------------------------
+def _json(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _task_info(prov: dict) -> tuple[str, Optional[list]]:
+    task = prov.get("task")
+    name = task.get("name") if isinstance(task, dict) else task
+    classes = prov.get("classes")
+    if classes is None and isinstance(task, dict):
+        classes = task.get("classes")
+    if classes is None and isinstance(prov.get("task_meta"), dict):
+        classes = prov["task_meta"].get("classes")
+    return (str(name) if name else "unknown"), (list(classes) if isinstance(classes, (list, tuple)) else None)
+
+
+def _output_meaning(cfg) -> str:
+    what = "class logits" if cfg.task_type == "classification" else "regression outputs"
+    if cfg.pooling == "mean":
+        return f"{what}, causal running mean over the steps seen so far (read after the last valid step)"
+    if cfg.pooling == "last":
+        return f"{what} at this step (read after the last valid step)"
+    return f"{what} at this step (one per step, sequence to sequence)"
+
+
+def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: str, precision: str, opset: int,
+              counts: dict, report: Optional[dict], source_sha256: Optional[str], parity: Optional[dict],
+              tol: Optional[float], steps: int) -> dict[str, str]:
+    cfg = model.config
+    prov = dict(getattr(model, "provenance", {}) or {})
+    task, classes = _task_info(prov)
+    states = [{"input": f"past_state.{s}", "output": f"present_state.{s}", "shape": shape, "dtype": "float32",
+               "layout": layout} for s, shape, layout in state_specs(mp)]
+    inp = {"name": "x", "dtype": "int64" if cfg.vocab_size > 0 else "float32",
+           "shape": [] if cfg.vocab_size > 0 else [cfg.d_input],
+           "meaning": (f"token id of one step, 0..{cfg.vocab_size - 1}" if cfg.vocab_size > 0
+                       else f"features of one step ({cfg.d_input} float32)")}
+    if cfg.vocab_size > 0:
+        inp["vocab_size"] = cfg.vocab_size
+    out = {"name": "y", "shape": [cfg.d_output], "meaning": _output_meaning(cfg)}
+    if classes is not None:
+        out["classes"] = classes
+    if kind == "chunk":
+        inp["time_axis"] = out["time_axis"] = f"x and y carry a T={T} axis after batch: (batch, {T}, ...)"
+    bounds = report if report is not None else prov.get("reduction")
+    systems = [_real_state_numbers(b.ssm) for b in mp.blocks]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "graph": kind,
+        "states": _json(states),
+        "input": _json(inp),
+        "output": _json(out),
+        "task": task,
+        "task_type": cfg.task_type,
+        "precision": precision,
+        "target": target,
+        "ranks": _json([b.ssm.N for b in mp.blocks]),
+        "real_state_numbers": _json(systems),
+        "error_bounds": _json(bounds),
+        "source_sha256": source_sha256 or "unknown",
+        "config": cfg.to_json(),
+        "opset": str(opset),
+        "node_counts": _json(counts),
+        "producer": f"edgessm {__version__}",
+        "io": "x, y and every state are float32 (int64 tokens for x) at the graph boundary"
+              + ("; weights/activations inside are float16, the SSM recurrence float32" if precision == "fp16" else ""),
+    }
+    if kind == "chunk":
+        meta["chunk"] = str(T)
+    if parity is not None:
+        meta["parity"] = _json({"steps": steps, "tolerance_rel": tol, "provider": "CPUExecutionProvider",
+                                "errors": parity})
+    return {METADATA_PREFIX + k: v for k, v in meta.items()}
+
+
+def _real_state_numbers(p) -> int:
+    """Real numbers of state a layer needs: 2 per active complex mode, 1 per real mode (DiagonalSSM)."""
+    from edgessm.ssm import DiagonalSSM
+
+    A = np.exp(p.dtL)
+    return int(np.sum(DiagonalSSM(A, p.B, p.C, p.D).real_state_dims()))
+
+
+def read_metadata(onnx_path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The ``edgessm.*`` metadata_props of an ONNX file, JSON values decoded (for ``edgessm info``)."""
+    p = Path(onnx_path)
+    if not p.is_file():
+        raise ExportError(f"ONNX file {p} does not exist; check the path")
+    try:
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf raises several types for a file that is not ONNX
+        raise ExportError(f"{p} is not a readable ONNX file ({type(e).__name__}); re-export it") from None
+    out: dict[str, Any] = {}
+    for prop in m.metadata_props:
+        if not prop.key.startswith(METADATA_PREFIX):
+            continue
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except ValueError:
+            out[prop.key] = prop.value
+    if not out:
+        raise ExportError(f"{p} has no edgessm.* metadata; it was not written by edgessm export")
+    return out

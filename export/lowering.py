@@ -1,0 +1,279 @@
+"""From an SSMModel to plain float64 arrays: every constant the ONNX graphs need, folded once.
+
+Dimensions: H channels, N stored complex modes of a layer, T chunk length, O = d_output.
+
+Real state layout (the graph contract): the complex state x c(B H N) of a layer (the model's own
+step state, ``DiagonalSSM``'s x) is stored as X r(B H 2N) = [Re x_1 .. Re x_N | Im x_1 .. Im x_N].
+
+Step, delta form (S4DLayer.step_params; ARCHITECTURE.md): with a = A_bar - 1 = expm1(dt Lambda),
+
+    x' = x + (a x + B_bar u)                      c(B H N)
+    y  = 2 Re(sum_n C_n x'_n) + D u               r(B H)
+
+On the real layout, a x is [ar | ar] * X + [-ai | ai] * swap(X) (swap = [Im | Re]); the "matrix"
+form writes the same delta as one per-channel (2N+1) x 2N matrix acting on [X | u], and reads the
+output from the *old* state, y = 2 Re(sum_n (C A_bar)_n x_n) + (2 Re(sum_n C_n B_n) + D) u,
+so both the update and the readout are one contraction each over [X | u].
+
+Chunk of T steps from state x0 (inputs z_0..z_{T-1}; t, j in 0..T-1):
+
+    y_t     = 2 Re(sum_n C A^{t+1} x0) + sum_{j<=t} K_{t-j} z_j + D z_t,   K_l = 2 Re(sum_n C A^l B)
+    x_T     = x0 + ((A^T - 1) x0 + sum_j A^{T-1-j} B z_j)        (delta form again: A^T - 1 = expm1(T dt Lambda))
+
+written as one per-channel (2N+T) x (2N+T) matrix acting on [X0 | z_0..z_{T-1}] whose columns are
+[delta x (2N) | y_0..y_{T-1} (T)]. Everything is computed in float64/complex128 from the layer's
+continuous parameters (Lambda, dt) and rounded once to float32 when stored in the graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgessm.errors import ExportError
+
+__all__ = ["LayerNormParams", "LinearParams", "SSMParams", "BlockParams", "ModelParams", "lower_model",
+           "step_elementwise", "step_matrices", "chunk_matrix", "cexpm1"]
+
+
+@dataclass
+class LinearParams:
+    W: np.ndarray  # r(in out)  (x @ W + b)
+    b: np.ndarray  # r(out)
+
+
+@dataclass
+class LayerNormParams:
+    gamma: np.ndarray  # r(H)
+    beta: np.ndarray   # r(H)
+    eps: float
+
+
+@dataclass
+class SSMParams:
+    """One layer's discretisation, complex128 (H N); dtL = dt * Lambda for powers of A."""
+
+    dtL: np.ndarray   # c(H N)
+    A_m1: np.ndarray  # c(H N)  expm1(dt Lambda)
+    B: np.ndarray     # c(H N)  B_bar
+    C: np.ndarray     # c(H N)
+    D: np.ndarray     # r(H)
+
+    @property
+    def H(self) -> int:
+        return self.dtL.shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.dtL.shape[1]
+
+
+@dataclass
+class BlockParams:
+    norm: Optional[LayerNormParams]
+    prenorm: bool
+    ssm: SSMParams
+    activation: str                 # gelu | relu | tanh | identity
+    mixing: str                     # glu | linear | none
+    mix: Optional[LinearParams]     # (H 2H) for glu, (H H) for linear
+
+
+@dataclass
+class ModelParams:
+    d_input: int
+    d_output: int
+    vocab_size: int
+    H: int
+    embedding: Optional[np.ndarray]       # r(V H) for token models
+    encoder: Optional[LinearParams]       # (d_input H) otherwise
+    blocks: list[BlockParams] = field(default_factory=list)
+    norm_f: Optional[LayerNormParams] = None
+    decoder: Optional[LinearParams] = None
+    pooling: str = "none"
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy().copy()
+
+
+def _linear(mod: nn.Module, where: str) -> LinearParams:
+    if not isinstance(mod, nn.Linear):
+        raise ExportError(f"{where}: {type(mod).__name__} is not supported; export handles nn.Linear here")
+    b = _np(mod.bias) if mod.bias is not None else np.zeros(mod.out_features)
+    return LinearParams(W=_np(mod.weight).T.copy(), b=b)
+
+
+def _layernorm(mod: nn.Module, where: str) -> Optional[LayerNormParams]:
+    if isinstance(mod, nn.Identity):
+        return None
+    if not isinstance(mod, nn.LayerNorm) or len(mod.normalized_shape) != 1:
+        raise ExportError(f"{where}: {type(mod).__name__} is not supported; export handles nn.LayerNorm over "
+                          "the channel axis or no norm (config.norm='none')")
+    H = mod.normalized_shape[0]
+    gamma = _np(mod.weight) if mod.weight is not None else np.ones(H)
+    beta = _np(mod.bias) if mod.bias is not None else np.zeros(H)
+    return LayerNormParams(gamma, beta, float(mod.eps))
+
+
+_ACT_TYPES = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+def ssm_params(layer: nn.Module, where: str) -> SSMParams:
+    """A DSS/S4D layer's delta-form step constants in complex128 (see S4DLayer.step_params)."""
+    needed = ("lambda_", "dt", "step_params")
+    if not all(hasattr(layer, k) for k in needed):
+        raise ExportError(f"{where}: SSM layer {type(layer).__name__} is not supported; export handles the "
+                          "diagonal S4D and DSS layers (config.layer='s4d' or 'dss')")
+    with torch.no_grad():
+        dtL = (layer.lambda_() * layer.dt()[:, None]).detach().cpu().numpy()  # c(H N)
+        A_m1, B, C = (t.detach().cpu().numpy() for t in layer.step_params(torch.complex128))  # c(H N) each
+        D = _np(layer.D)  # r(H)
+    p = SSMParams(dtL=dtL, A_m1=A_m1, B=B, C=C, D=D)
+    for name in ("dtL", "A_m1", "B", "C", "D"):
+        if not np.all(np.isfinite(getattr(p, name))):
+            raise ExportError(f"{where}: NaN/Inf in the SSM parameters; retrain or use an earlier checkpoint")
+    if np.any(dtL.real >= 0):
+        raise ExportError(f"{where}: an SSM mode has Re(dt Lambda) >= 0 (|A| >= 1, unstable); fix the weights")
+    return p
+
+
+def lower_model(model: nn.Module) -> ModelParams:
+    """Read every weight the graphs need from ``model`` (an SSMModel), in float64."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "decoder"):
+        raise ExportError(f"{type(model).__name__} is not an edgessm SSMModel; load a checkpoint with edgessm.load")
+    H = cfg.d_model
+    mp = ModelParams(d_input=cfg.d_input, d_output=cfg.d_output, vocab_size=cfg.vocab_size, H=H,
+                     embedding=None, encoder=None, pooling=cfg.pooling)
+    if cfg.vocab_size > 0:
+        if not isinstance(model.encoder, nn.Embedding):
+            raise ExportError("encoder: a token model (vocab_size > 0) needs an nn.Embedding encoder")
+        mp.embedding = _np(model.encoder.weight)  # (V H)
+    else:
+        mp.encoder = _linear(model.encoder, "encoder")
+    for i, blk in enumerate(model.blocks):
+        where = f"block {i}"
+        act = cfg.activation
+        if not isinstance(blk.activation, _ACT_TYPES[act]):
+            raise ExportError(f"{where}: activation module {type(blk.activation).__name__} does not match "
+                              f"config.activation={act!r}; rebuild the model from its config")
+        if act == "gelu" and getattr(blk.activation, "approximate", "none") != "none":
+            raise ExportError(f"{where}: GELU(approximate={blk.activation.approximate!r}) is not supported; "
+                              "export handles the exact erf GELU (torch's default)")
+        if cfg.mixing == "glu":
+            mix = _linear(blk.mixing[0], f"{where} mixing")
+        elif cfg.mixing == "linear":
+            mix = _linear(blk.mixing, f"{where} mixing")
+        else:
+            mix = None
+        mp.blocks.append(BlockParams(norm=_layernorm(blk.norm, f"{where} norm"), prenorm=bool(cfg.prenorm),
+                                     ssm=ssm_params(blk.ssm, where), activation=act, mixing=cfg.mixing, mix=mix))
+    mp.norm_f = _layernorm(model.norm_f, "final norm")
+    mp.decoder = _linear(model.decoder, "decoder")
+    for name, arr in _arrays(mp):
+        if not np.all(np.isfinite(arr)):
+            raise ExportError(f"{name}: NaN/Inf weights; retrain or use an earlier checkpoint")
+    return mp
+
+
+def _arrays(mp: ModelParams):
+    if mp.embedding is not None:
+        yield "encoder", mp.embedding
+    for name, lin in (("encoder", mp.encoder), ("decoder", mp.decoder)):
+        if lin is not None:
+            yield name, lin.W
+            yield name, lin.b
+    for i, b in enumerate(mp.blocks):
+        if b.mix is not None:
+            yield f"block {i} mixing", b.mix.W
+            yield f"block {i} mixing", b.mix.b
+        if b.norm is not None:
+            yield f"block {i} norm", b.norm.gamma
+            yield f"block {i} norm", b.norm.beta
+    if mp.norm_f is not None:
+        yield "final norm", mp.norm_f.gamma
+        yield "final norm", mp.norm_f.beta
+
+
+# ---- complex helpers ---------------------------------------------------------------------
+def cexpm1(z: np.ndarray) -> np.ndarray:
+    """exp(z) - 1 for complex z without cancellation near 0 (numpy's expm1 is real-only).
+
+    Re = expm1(x) cos y - 2 sin^2(y/2), Im = exp(x) sin y.
+    """
+    x, y = z.real, z.imag
+    return (np.expm1(x) * np.cos(y) - 2.0 * np.sin(0.5 * y) ** 2) + 1j * (np.exp(x) * np.sin(y))
+
+
+def _stack(c: np.ndarray) -> np.ndarray:
+    """c(... N) -> r(... 2N) = [Re | Im]."""
+    return np.concatenate([c.real, c.imag], axis=-1)
+
+
+# ---- step constants ------------------------------------------------------------------------
+def step_elementwise(p: SSMParams) -> dict[str, np.ndarray]:
+    """Constants of the elementwise step on X = [Re | Im] r(B H 2N).
+
+    delta = Ac * X + As * swap(X) + Bc * u,  X' = X + delta,  y = sum(Cc * X') + D u.
+    """
+    a = p.A_m1
+    return {
+        "Ac": np.concatenate([a.real, a.real], -1),         # r(H 2N)
+        "As": np.concatenate([-a.imag, a.imag], -1),        # r(H 2N)
+        "Bc": _stack(p.B),                                  # r(H 2N)
+        "Cc": np.concatenate([2 * p.C.real, -2 * p.C.imag], -1),  # r(H 2N)
+        "D": p.D.copy(),                                    # r(H)
+        "swap": np.concatenate([np.arange(p.N, 2 * p.N), np.arange(p.N)]).astype(np.int64),  # (2N)
+    }
+
+
+def step_matrices(p: SSMParams) -> dict[str, np.ndarray]:
+    """Constants of the matrix step on XU = [X | u] r(B H 2N+1).
+
+    delta = einsum('bhi,hij->bhj', XU, M) with M r(H 2N+1 2N); y = einsum('bhi,hi->bh', XU, R), R r(H 2N+1),
+    reading the output from the old state: y = 2 Re(C A x) + (2 Re(C B) + D) u (exact algebra).
+    """
+    H, N = p.H, p.N
+    a = p.A_m1
+    M = np.zeros((H, 2 * N + 1, 2 * N))  # (H 2N+1 2N): rows = inputs [Re x | Im x | u], cols = [Re d | Im d]
+    n = np.arange(N)
+    M[:, n, n] = a.real              # Re d_n += ar xr_n
+    M[:, N + n, n] = -a.imag         # Re d_n -= ai xi_n
+    M[:, N + n, N + n] = a.real      # Im d_n += ar xi_n
+    M[:, n, N + n] = a.imag          # Im d_n += ai xr_n
+    M[:, 2 * N, :] = _stack(p.B)     # + B u
+    w = p.C * (1.0 + p.A_m1)         # C A_bar  c(H N)
+    R = np.concatenate([2 * w.real, -2 * w.imag, (2 * np.sum(p.C * p.B, -1).real + p.D)[:, None]], -1)  # (H 2N+1)
+    return {"M": M, "R": R}
+
+
+def chunk_matrix(p: SSMParams, T: int) -> np.ndarray:
+    """W r(H 2N+T 2N+T): [X0 | z_0..z_{T-1}] -> [delta x (2N) | y_0..y_{T-1} (T)] for one chunk (module doc)."""
+    H, N = p.H, p.N
+    W = np.zeros((H, 2 * N + T, 2 * N + T))
+    n = np.arange(N)
+    # delta x from x0: (A^T - 1) x0, a complex multiply on [Re | Im]
+    g = cexpm1(T * p.dtL)  # c(H N)
+    W[:, n, n] = g.real
+    W[:, N + n, n] = -g.imag
+    W[:, N + n, N + n] = g.real
+    W[:, n, N + n] = g.imag
+    k = np.arange(T)
+    # delta x from z_j: A^{T-1-j} B   c(H N T)
+    q = np.exp(p.dtL[:, :, None] * (T - 1 - k)) * p.B[:, :, None]  # (H N T)
+    W[:, 2 * N:, :N] = np.transpose(q.real, (0, 2, 1))   # (H T N)
+    W[:, 2 * N:, N:2 * N] = np.transpose(q.imag, (0, 2, 1))
+    # y_t from x0: 2 Re(C A^{t+1} x0)
+    w = p.C[:, :, None] * np.exp(p.dtL[:, :, None] * (k + 1))  # (H N T)
+    W[:, :N, 2 * N:] = 2 * w.real
+    W[:, N:2 * N, 2 * N:] = -2 * w.imag
+    # y_t from z_j: causal Toeplitz K_{t-j}, D on the diagonal
+    K = 2 * np.einsum("hn,hnl->hl", p.C * p.B, np.exp(p.dtL[:, :, None] * k)).real  # (H T) lags 0..T-1
+    lag = k[None, :] - k[:, None]  # (j, t) -> t - j
+    toe = np.where(lag >= 0, K[:, np.clip(lag, 0, None)], 0.0)  # (H T_j T_t)
+    toe[:, k, k] += p.D[:, None]
+    W[:, 2 * N:, 2 * N:] = toe
+    return W
