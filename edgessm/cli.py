@@ -1,0 +1,347 @@
+"""The `edgessm` command line: a thin layer over library functions.
+
+Each command parses, calls one library function, prints (a table, or JSON with --json). Errors a
+user can cause are EdgeSSMError subclasses: one line on stderr, exit code 2, no traceback.
+Option groups for the model and the training loop are generated from their config dataclasses,
+so a new config field appears on the command line without a second list of kwargs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+from .errors import EdgeSSMError
+
+# ---- plumbing ----------------------------------------------------------------------------
+
+
+class _Group(click.Group):
+    """Turns EdgeSSMError (and a bad file for click) into one line + exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeSSMError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=_json_default))
+    else:
+        click.echo(human(result))
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def _scalar_type(tp: Any) -> Optional[type]:
+    """int/float/str/bool for Optional[...] and plain annotations; None for lists and others."""
+    if isinstance(tp, str):
+        tp = {"int": int, "float": float, "str": str, "bool": bool}.get(tp.replace("Optional[", "").rstrip("]"))
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 and args[0] in (int, float, str, bool) else None
+    return tp if tp in (int, float, str, bool) else None
+
+
+def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> Callable:
+    """Decorator: one --option per scalar field of ``cls``; the values arrive as ``{prefix}overrides``."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip and _scalar_type(hints[f.name])]
+    dest = f"{prefix}overrides"
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[dest] = {f.name: kwargs.pop(f"{prefix}{f.name}") for f in fields
+                            if kwargs.get(f"{prefix}{f.name}") is not None}
+            for f in fields:
+                kwargs.pop(f"{prefix}{f.name}", None)
+            return fn(*args, **kwargs)
+
+        for f in reversed(fields):
+            tp = _scalar_type(hints[f.name])
+            name = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if tp is bool:
+                wrapper = click.option(f"{name}/--no-{f.name.replace('_', '-')}", f"{prefix}{f.name}", default=None,
+                                       help=f"[{cls.__name__}] default: {default}")(wrapper)
+            else:
+                wrapper = click.option(name, f"{prefix}{f.name}", type=tp, default=None, show_default=False,
+                                       help=f"[{cls.__name__}] default: {default}")(wrapper)
+        return wrapper
+
+    return deco
+
+
+def _parse_task_options(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--task-option")
+        for conv in (int, float):
+            try:
+                out[key] = conv(val)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(val.lower(), val)
+    return out
+
+
+task_option = click.option("--task", required=True,
+                           help="mnist1d | listops | npz:<path> | lra-listops:<dir>")
+task_options_option = click.option("--task-option", "task_option_items", multiple=True, metavar="KEY=VALUE",
+                                   help="task generator option, e.g. --task-option max_len=256 (repeatable)")
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+out_option = click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+                          help="where to write the checkpoint (.safetensors)")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgessm")
+def main() -> None:
+    """edgessm: train, compress (balanced truncation), export and run diagonal SSMs on edge GPUs."""
+
+
+# ---- train / finetune -----------------------------------------------------------------------
+def _load_task(task: str, items: tuple[str, ...], seed: int):
+    from .tasks import load_task
+
+    return load_task(task, seed=seed, **_parse_task_options(items))
+
+
+def _run_training(model, data, tcfg, output: str, provenance: dict[str, Any], quiet: bool, reducer=None):
+    from .checkpoint import save
+    from .train import train
+
+    def on_best(m, info):  # best-checkpoint saving: the file on disk is always the best model so far
+        save(m, output, provenance={**provenance, "best_epoch": info["epoch"], "metrics": {"val": info["val"]}})
+
+    res = train(model, data, tcfg, on_best=on_best, reducer=reducer, progress=not quiet)
+    prov = {**provenance, "best_epoch": res.best_epoch,
+            "metrics": {"val": res.history[-1]["val"] if res.history else {}, "best_val": res.val_metric,
+                        "test": res.test_metrics},
+            "train_seconds": round(res.seconds, 1), "history": [{"epoch": h["epoch"], "val": h["val"]} for h in res.history]}
+    if len(res.rank_schedule) > 1:
+        prov["rank_schedule"] = res.rank_schedule
+    save(res.model, output, provenance=prov)
+    return res, prov
+
+
+def _train_summary(r: dict[str, Any]) -> str:
+    from .report import table
+
+    rows = [["task", r["task"]], ["test " + r["metric"], f"{r['test']:.4f}"], ["best epoch", r["best_epoch"]],
+            ["parameters", f"{r['parameters']:,}"], ["state (real numbers/step)", f"{r['state_size']:,}"],
+            ["modes per layer", r["ranks"]], ["train time", f"{r['seconds']:.1f} s"], ["written", r["output"]]]
+    if r.get("rank_schedule"):
+        rows.insert(5, ["rank schedule", "; ".join(f"ep {e['epoch']}: {e['ranks']}" for e in r["rank_schedule"])])
+    return table(["", ""], rows, header=False)
+
+
+def _result_dict(res, data, output: str, prov: dict[str, Any]) -> dict[str, Any]:
+    metric = "accuracy" if data.task_type == "classification" else "mse"
+    return {"task": data.name, "metric": metric, "test": res.test_metrics.get(metric), "best_epoch": res.best_epoch,
+            "parameters": sum(p.numel() for p in res.model.parameters()), "state_size": sum(res.model.state_size()),
+            "ranks": [b.ssm.N for b in res.model.blocks], "seconds": res.seconds, "output": output,
+            "rank_schedule": prov.get("rank_schedule")}
+
+
+@main.command()
+@task_option
+@task_options_option
+@out_option
+@dataclass_options(__import__("edgessm.config", fromlist=["ModelConfig"]).ModelConfig,
+                   skip=("d_input", "d_output", "vocab_size", "task_type"), prefix="m_")
+@dataclass_options(__import__("edgessm.train", fromlist=["TrainConfig"]).TrainConfig, prefix="t_")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@json_option
+def train(task, task_option_items, output, m_overrides, t_overrides, quiet, as_json):
+    """Train a DSS/S4D model on a task and save the best checkpoint (by validation) to -o."""
+    import torch
+
+    from .config import ModelConfig
+    from .model import SSMModel
+    from .train import TrainConfig
+
+    tcfg = TrainConfig(**t_overrides)
+    tcfg.validate()
+    data = _load_task(task, task_option_items, tcfg.seed)
+    cfg = ModelConfig(d_input=data.d_input, d_output=data.d_output, vocab_size=data.vocab_size,
+                      task_type=data.task_type, **m_overrides)
+    torch.manual_seed(tcfg.seed)
+    model = SSMModel(cfg)
+    reducer = None
+    if tcfg.reduce_energy is not None:
+        from .compress import in_training_reducer
+
+        reducer = in_training_reducer
+    prov = {"task": data.name, "task_meta": _small_meta(data.meta), "task_options": _parse_task_options(task_option_items),
+            "seq_len": data.seq_len, "train_config": tcfg.to_dict(), "command": "train"}
+    res, prov = _run_training(model, data, tcfg, output, prov, quiet or as_json, reducer)
+    _emit(_result_dict(res, data, output, prov), as_json, _train_summary)
+
+
+def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able, short part of a task's meta (class names, source) for provenance."""
+    keep = {}
+    for k, v in meta.items():
+        s = json.dumps(v, default=str)
+        if len(s) <= 2000:
+            keep[k] = v
+    return keep
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(dir_okay=False))
+@task_option
+@task_options_option
+@out_option
+@dataclass_options(__import__("edgessm.train", fromlist=["TrainConfig"]).TrainConfig, prefix="t_",
+                   skip=("reduce_energy", "reduce_until", "reduce_min_drop", "reduce_horizon"))
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@json_option
+def finetune(model_path, task, task_option_items, output, t_overrides, quiet, as_json):
+    """Main training of a (compressed) model from its current parameters (Ezoe & Sato 2024)."""
+    from .checkpoint import file_sha256, load
+    from .train import TrainConfig
+
+    model = load(model_path)
+    tcfg = TrainConfig(**t_overrides)
+    tcfg.validate()
+    data = _load_task(task, task_option_items, tcfg.seed)
+    _check_compatible(model, data, model_path)
+    prov = {**model.provenance, "command": "finetune", "parent": {"path": str(model_path), "sha256": file_sha256(model_path)},
+            "task": data.name, "train_config": tcfg.to_dict()}
+    res, prov = _run_training(model, data, tcfg, output, prov, quiet or as_json)
+    _emit(_result_dict(res, data, output, prov), as_json, _train_summary)
+
+
+def _check_compatible(model, data, path) -> None:
+    from .errors import TaskError
+
+    c = model.config
+    if (c.vocab_size > 0) != (data.vocab_size > 0) or c.d_input != data.d_input or c.d_output != data.d_output:
+        raise TaskError(f"model {path} expects d_input={c.d_input}, d_output={c.d_output}, vocab={c.vocab_size} but task "
+                        f"{data.name} has d_input={data.d_input}, d_output={data.d_output}, vocab={data.vocab_size}; "
+                        "use the task the model was trained on")
+
+
+# ---- eval / info ------------------------------------------------------------------------------
+@main.command(name="eval")
+@click.argument("model_path", type=click.Path(dir_okay=False))
+@task_option
+@task_options_option
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="task generator seed")
+@json_option
+def eval_cmd(model_path, task, task_option_items, split, seed, as_json):
+    """Evaluate a checkpoint on a task split."""
+    from .checkpoint import load
+    from .train import evaluate
+
+    model = load(model_path)
+    data = _load_task(task, task_option_items, seed)
+    _check_compatible(model, data, model_path)
+    metrics = evaluate(model, data, split)
+    out = {"model": str(model_path), "task": data.name, "split": split, **metrics}
+    _emit(out, as_json, lambda r: "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@json_option
+def info(path, as_json):
+    """Describe a checkpoint (.safetensors) or an exported graph (.onnx)."""
+    from .report import model_info
+
+    _emit(model_info(path), as_json, _info_text)
+
+
+def _info_text(r: dict[str, Any]) -> str:
+    from .report import table
+
+    rows = [[k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v] for k, v in r.items() if k != "config"]
+    rows.append(["config", ", ".join(f"{k}={v}" for k, v in (r.get("config") or {}).items())])
+    return table(["", ""], rows, header=False)
+
+
+# ---- compress ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("model_path", type=click.Path(dir_okay=False))
+@out_option
+@click.option("--rank", type=int, help="modes per channel to keep (every layer), 0 < r < N")
+@click.option("--energy", type=float, help="keep this fraction of each channel's Hankel energy, e.g. 0.999")
+@click.option("--tol", type=float, help="smallest rank whose certified bound / channel gain <= tol")
+@click.option("--layer-rank", "layer_ranks", multiple=True, metavar="I=R", help="per-layer rank override (repeatable)")
+@click.option("--method", type=click.Choice(["balanced", "modal", "random"]), default="balanced", show_default=True)
+@click.option("--horizon", default=None, help="time-limited BT over L steps: an integer, or 'auto' (the task's sequence length)")
+@click.option("--seed", type=int, default=0, show_default=True, help="for --method random")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="write the full report (JSON)")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="plot HSV decay and cuts (PNG, needs matplotlib)")
+@json_option
+def compress(model_path, output, rank, energy, tol, layer_ranks, method, horizon, seed, report_path, plot_path, as_json):
+    """Reduce every SSM layer by balanced truncation (or a baseline) and save the smaller model."""
+    from .compress import CompressSpec, compress_checkpoint, summary_table
+    from .errors import RankError
+
+    overrides = {}
+    for item in layer_ranks:
+        i, sep, r = item.partition("=")
+        if not sep or not i.isdigit() or not r.isdigit():
+            raise RankError(f"--layer-rank {item!r} must look like LAYER=RANK, e.g. --layer-rank 0=8")
+        overrides[int(i)] = int(r)
+    spec = CompressSpec(rank=rank, energy=energy, tol=tol, layer_ranks=overrides, method=method,
+                        horizon=horizon, seed=seed)
+    result = compress_checkpoint(model_path, output, spec, report_path=report_path, plot_path=plot_path)
+    _emit(result, as_json, summary_table)
+
+
+# ---- export -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("model_path", type=click.Path(dir_okay=False))
+@click.option("--onnx", "fmt", flag_value="onnx", default="onnx", help="ONNX step graph (the only format)")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="model.onnx")
+@click.option("--target", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="graph form: elementwise (cpu) or fewest nodes (cuda, tensorrt)")
+@click.option("--fp16", is_flag=True, help="half-precision weights and activations; recurrence kept in float32")
+@click.option("--chunk", type=int, default=None, help="also write a graph that advances T steps per call")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--no-verify", is_flag=True, help="skip the post-export parity check (not recommended)")
+@click.option("--verify-steps", type=int, default=300, show_default=True)
+@json_option
+def export(model_path, fmt, output, target, fp16, chunk, opset, no_verify, verify_steps, as_json):
+    """Export a checkpoint to an ONNX graph that runs one time step per call (state in, state out)."""
+    from .checkpoint import file_sha256, load
+    from .export import export_onnx
+
+    model = load(model_path)
+    res = export_onnx(model, output, target=target, fp16=fp16, chunk=chunk, opset=opset, verify=not no_verify,
+                      verify_steps=verify_steps, source_sha256=file_sha256(model_path))
+    out = res.to_dict() if hasattr(res, "to_dict") else dataclasses.asdict(res)
+    _emit(out, as_json, _info_text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,285 @@
+"""Model-level compression: reduce every SSM layer of a model, report and certify it.
+
+The per-channel mathematics lives in :mod:`edgessm.balanced`; this module applies it to each layer,
+rebuilds a normal (trainable, loadable, exportable) model from the reduced systems, measures the
+error of what is actually saved (float32 parameters included) against the original float64 systems,
+checks that every certified bound holds, and writes the checkpoint, report and plot atomically.
+
+Also the in-training reducer (CompreSSM, Chahine et al. 2025): at evaluation points early in
+training, layers whose Hankel-energy rank is clearly below their size are reduced.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from .balanced import Reduction, balanced_truncation, error_system, hinf_norm, modal_truncation, random_truncation
+from .errors import RankError, UnstableSystemError
+from .model import SSMModel, diagonal_systems, with_diagonal_systems
+from .ssm import DiagonalSSM
+
+__all__ = ["CompressSpec", "compress_model", "compress_checkpoint", "summary_table", "in_training_reducer",
+           "LayerReport"]
+
+METHODS = ("balanced", "modal", "random")
+
+# A certified bound "holds" when measured <= bound * (1 + BOUND_RTOL) + BOUND_ATOL_REL * gain. The slack
+# covers the float32 rounding of the saved parameters (~1e-7 relative per parameter, summed over N
+# modes) and the grid search of the H-infinity norm, which can only under-estimate.
+BOUND_RTOL = 1e-6
+BOUND_ATOL_REL = 1e-5
+
+
+@dataclass
+class CompressSpec:
+    rank: Optional[int] = None            # stored modes per channel, every layer
+    energy: Optional[float] = None        # fraction of Hankel energy to keep per channel
+    tol: Optional[float] = None           # certified bound / channel gain
+    layer_ranks: dict[int, int] = field(default_factory=dict)  # per-layer rank overrides
+    method: str = "balanced"              # balanced | modal | random
+    horizon: Union[int, str, None] = None  # None (infinite), an int L, or "auto" (the task's sequence length)
+    seed: int = 0                         # for method="random"
+
+    def validate(self, n_layers: int) -> None:
+        given = [s for s in ("rank", "energy", "tol") if getattr(self, s) is not None]
+        if len(given) > 1:
+            raise RankError(f"give one of --rank, --energy, --tol (got {', '.join('--' + g for g in given)})")
+        if not given and len(self.layer_ranks) < n_layers:
+            raise RankError("say how much to keep: --rank R, --energy E (e.g. 0.999) or --tol T (e.g. 1e-3)")
+        if self.method not in METHODS:
+            raise RankError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method != "balanced" and (self.energy is not None or self.tol is not None):
+            raise RankError(f"--method {self.method} takes --rank only (energy/tol need Hankel singular values)")
+        if self.method != "balanced" and self.horizon is not None:
+            raise RankError("--horizon applies to --method balanced only")
+        if self.energy is not None and not 0 < self.energy < 1:
+            raise RankError(f"--energy must be in (0, 1), got {self.energy}")
+        if self.tol is not None and not self.tol > 0:
+            raise RankError(f"--tol must be > 0, got {self.tol}")
+        bad = [i for i in self.layer_ranks if not 0 <= i < n_layers]
+        if bad:
+            raise RankError(f"--layer-rank names layer(s) {bad}, the model has layers 0..{n_layers - 1}")
+
+
+@dataclass
+class LayerReport:
+    layer: int
+    reduction: Reduction
+    system: DiagonalSSM              # what the saved model realises (float32 parameters)
+    measured_hinf: np.ndarray        # r(H) ||G - G_saved||_inf per channel
+    gain: np.ndarray                 # r(H) ||G||_inf per channel
+
+    def bound_holds(self) -> np.ndarray:
+        b = self.reduction.bound
+        ok = self.measured_hinf <= b * (1 + BOUND_RTOL) + BOUND_ATOL_REL * self.gain
+        return np.where(np.isfinite(b), ok, True)
+
+    def to_dict(self, full: bool = True) -> dict[str, Any]:
+        red = self.reduction
+        d: dict[str, Any] = {
+            "layer": self.layer, "method": red.method, "horizon": red.horizon,
+            "modes_in": int(red.hsv.shape[1] // 2), "modes_out": int(self.system.N),
+            "real_states_in": int(red.full_order.sum()), "real_states_out": int(self.system.real_state_dims().sum()),
+            "max_bound": _num(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None,
+            "max_measured_hinf": _num(self.measured_hinf.max()),
+            "max_relative_error": _num(np.max(self.measured_hinf / np.maximum(self.gain, 1e-300))),
+            "bound_holds": bool(self.bound_holds().all()),
+            "warnings": list(red.warnings),
+        }
+        if red.horizon_error is not None:
+            d["max_horizon_error"] = _num(np.max(red.horizon_error))
+        if full:
+            d["channels"] = {
+                "rank": red.rank.tolist(), "order": red.order.tolist(), "full_order": red.full_order.tolist(),
+                "bound": [_num(v) for v in red.bound], "measured_hinf": [_num(v) for v in self.measured_hinf],
+                "gain": [_num(v) for v in self.gain],
+                "hsv": [[_num(v) for v in row[: max(1, int(n))]] for row, n in zip(red.hsv, red.full_order)],
+            }
+            if red.horizon_error is not None:
+                d["channels"]["horizon_error"] = [_num(v) for v in red.horizon_error]
+        return d
+
+
+def _num(v: Any) -> Optional[float]:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _resolve_horizon(spec: CompressSpec, model: SSMModel) -> Optional[int]:
+    h = spec.horizon
+    if h is None or h == "none":
+        return None
+    if h == "auto":
+        L = model.provenance.get("seq_len")
+        if not L:
+            raise RankError("--horizon auto needs the task's sequence length, which this checkpoint does not record; "
+                            "pass it as an integer, e.g. --horizon 40")
+        return int(L)
+    try:
+        L = int(h)
+    except (TypeError, ValueError):
+        raise RankError(f"--horizon must be an integer >= 2 or 'auto', got {h!r}") from None
+    if L < 2:
+        raise RankError(f"--horizon must be >= 2, got {L}")
+    return L
+
+
+def _reduce_layer(sys: DiagonalSSM, i: int, spec: CompressSpec, horizon: Optional[int]) -> Reduction:
+    rank = spec.layer_ranks.get(i, spec.rank)
+    where = f"layer {i}"
+    if rank is not None and not 0 < rank < sys.N:
+        raise RankError(f"{where}: rank {rank} is out of range; it must satisfy 0 < r < N = {sys.N}")
+    if spec.method == "modal":
+        return modal_truncation(sys, rank, measure=False, layer=i)
+    if spec.method == "random":
+        return random_truncation(sys, rank, seed=spec.seed + i, measure=False, layer=i)
+    if rank is not None:
+        return balanced_truncation(sys, rank, horizon=horizon, measure=False, layer=i)
+    return balanced_truncation(sys, energy=spec.energy, tol=spec.tol, horizon=horizon, measure=False, layer=i)
+
+
+def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
+    """Reduce every layer; returns the new model and per-layer reports (error of the saved model)."""
+    systems = diagonal_systems(model)
+    spec.validate(len(systems))
+    horizon = _resolve_horizon(spec, model)
+    for i, sys in enumerate(systems):
+        if not sys.is_finite():
+            h = int(np.argwhere(~(np.isfinite(sys.A) & np.isfinite(sys.B) & np.isfinite(sys.C)))[0, 0])
+            raise UnstableSystemError(f"layer {i}, channel {h}: NaN/Inf weights; this model cannot be reduced, "
+                                      "retrain it or use an earlier checkpoint")
+    reductions = [_reduce_layer(s, i, spec, horizon) for i, s in enumerate(systems)]
+    new = with_diagonal_systems(model, [r.system for r in reductions])
+    saved = diagonal_systems(new)
+    reports = []
+    for i, (orig, red, sv) in enumerate(zip(systems, reductions, saved)):
+        measured = hinf_norm(error_system(orig, sv))  # (H) includes the float32 rounding of the saved model
+        reports.append(LayerReport(i, red, sv, measured, hinf_norm(orig)))
+    return new, reports
+
+
+def _report_dict(model_path: str, out_path: str, spec: CompressSpec, model: SSMModel, new: SSMModel,
+                 reports: list[LayerReport], full: bool) -> dict[str, Any]:
+    return {
+        "input": str(model_path), "output": str(out_path), "method": spec.method,
+        "selector": {"rank": spec.rank, "energy": spec.energy, "tol": spec.tol,
+                     "layer_ranks": {str(k): v for k, v in spec.layer_ranks.items()}, "horizon": reports[0].reduction.horizon},
+        "modes_in": [b.ssm.N for b in model.blocks], "modes_out": [b.ssm.N for b in new.blocks],
+        "step_state_floats_in": sum(model.state_size()), "step_state_floats_out": sum(new.state_size()),
+        "parameters_in": sum(p.numel() for p in model.parameters()),
+        "parameters_out": sum(p.numel() for p in new.parameters()),
+        "bounds_hold": all(r.to_dict(False)["bound_holds"] for r in reports),
+        "layers": [r.to_dict(full) for r in reports],
+    }
+
+
+def compress_checkpoint(model_path: str, out_path: str, spec: CompressSpec, *, report_path: Optional[str] = None,
+                        plot_path: Optional[str] = None) -> dict[str, Any]:
+    """`edgessm compress`: load, reduce, verify bounds, write checkpoint (+ report, plot) atomically."""
+    from .checkpoint import atomic_write, file_sha256, load, save
+
+    model = load(model_path)
+    new, reports = compress_model(model, spec)
+    summary = _report_dict(model_path, out_path, spec, model, new, reports, full=False)
+    if not summary["bounds_hold"]:
+        bad = [r.layer for r in reports if not r.bound_holds().all()]
+        raise UnstableSystemError(f"layers {bad}: the measured error exceeds the certified bound; the reduced model "
+                                  "was not written. Report this with the checkpoint; try a larger --rank meanwhile")
+    prov = dict(model.provenance)
+    prov.pop("history", None)
+    prov.update(command="compress", parent={"path": str(model_path), "sha256": file_sha256(model_path)},
+                reduction={k: summary[k] for k in ("method", "selector", "modes_in", "modes_out", "bounds_hold")}
+                | {"layers": [{k: v for k, v in l.items() if k != "warnings"} for l in summary["layers"]]})
+    if plot_path:
+        plot_hsv(reports, plot_path)
+    if report_path:
+        full = _report_dict(model_path, out_path, spec, model, new, reports, full=True)
+        with atomic_write(report_path, "report") as tmp:
+            tmp.write_text(json.dumps(full, indent=1))
+    save(new, out_path, provenance=prov)
+    return summary
+
+
+def summary_table(s: dict[str, Any]) -> str:
+    from .report import table
+
+    def f(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.3g}"
+
+    rows = [[l["layer"], l["method"] + (f" (L={l['horizon']})" if l.get("horizon") else ""),
+             f"{l['modes_in']} -> {l['modes_out']}", f"{l['real_states_in']} -> {l['real_states_out']}",
+             f(l["max_bound"]), f(l["max_measured_hinf"]), f(l["max_relative_error"]),
+             f(l.get("max_horizon_error")), "yes" if l["bound_holds"] else "NO", len(l["warnings"])]
+            for l in s["layers"]]
+    head = ["layer", "method", "modes/channel", "real states (layer)", "max bound", "max ||G-Gr||inf",
+            "max rel err", "max L-step err", "bound holds", "warnings"]
+    lines = [table(head, rows),
+             f"step state: {s['step_state_floats_in']} -> {s['step_state_floats_out']} floats; "
+             f"parameters: {s['parameters_in']:,} -> {s['parameters_out']:,}; written {s['output']}"]
+    for l in s["layers"]:
+        lines += [f"warning: {w}" for w in l["warnings"][:3]]
+    return "\n".join(lines)
+
+
+def plot_hsv(reports: list[LayerReport], path: str) -> None:
+    """HSV decay per layer (median and 10-90% band over channels, normalised by sigma_1) and the cut."""
+    from .checkpoint import atomic_write
+    from .errors import ConfigError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'edgessm[plot]'") from None
+    n = len(reports)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False, sharey=True)
+    for ax, rep in zip(axes[0], reports):
+        hsv = rep.reduction.hsv  # (H 2N)
+        norm = hsv / np.maximum(hsv[:, :1], 1e-300)
+        norm = np.where(norm > 0, norm, np.nan)
+        k = np.arange(1, norm.shape[1] + 1)
+        with np.errstate(all="ignore"):
+            med, lo, hi = (np.nanpercentile(norm, q, axis=0) for q in (50, 10, 90))
+        ax.semilogy(k, med, color="C0", label="median channel")
+        ax.fill_between(k, lo, hi, color="C0", alpha=0.25, label="10-90%")
+        ax.axvline(float(np.median(rep.reduction.order)) + 0.5, color="C3", ls="--", label="kept (median)")
+        ax.set_title(f"layer {rep.layer}: {rep.reduction.hsv.shape[1] // 2} -> {rep.system.N} modes", fontsize=9)
+        ax.set_xlabel("real state index k")
+        ax.set_ylim(1e-16, 2)
+    axes[0][0].set_ylabel("sigma_k / sigma_1")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(path, "plot") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]:
+    """CompreSSM step: reduce each layer whose energy rank is <= (1 - reduce_min_drop) of its size.
+
+    A layer's new size is the largest per-channel energy rank (a layer keeps one N for all channels).
+    Returns (model, event) with the same model object when nothing changes.
+    """
+    systems = diagonal_systems(model)
+    new_systems, changed, event = [], [], {"energy": cfg.reduce_energy, "layers": []}
+    for i, sys in enumerate(systems):
+        red = balanced_truncation(sys, energy=cfg.reduce_energy, horizon=cfg.reduce_horizon, measure=False, layer=i)
+        r_new = int(red.system.N)
+        if r_new <= (1.0 - cfg.reduce_min_drop) * sys.N and r_new < sys.N:
+            new_systems.append(red.system)
+            changed.append(i)
+            event["layers"].append({"layer": i, "from": sys.N, "to": r_new,
+                                    "max_bound": _num(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None})
+        else:
+            new_systems.append(sys)
+    if not changed:
+        return model, event
+    new = with_diagonal_systems(model, new_systems)
+    new.provenance = dict(model.provenance)
+    return new, event
+

@@ -1,0 +1,283 @@
+"""Training: one loop for `edgessm train` and `edgessm finetune` (and in-training reduction).
+
+S4 practice (Gu et al. 2022, App. D): the SSM parameters (Lambda, dt) get their own learning rate and
+no weight decay; AdamW for the rest; linear warm-up then cosine decay per step. Periodic evaluation on
+a held-out validation split; the best model (by validation metric) is what gets saved.
+
+Multi-GPU / multi-node: run under ``torchrun``; WORLD_SIZE > 1 switches on DistributedDataParallel
+(NCCL on CUDA, gloo on CPU) and a per-rank shard of every epoch. Rank 0 evaluates, logs and saves.
+
+Dimensions: B batch, L length, O outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .model import SSMModel
+from .tasks import TaskData
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "build_optimizer", "predict_last"]
+
+
+@dataclass
+class TrainConfig:
+    # optimisation (the FACTS.md mnist1d run: AdamW, SSM params at lr 1e-3 with no weight decay, 40 epochs)
+    epochs: int = 40
+    batch_size: int = 50          # 4000 mnist1d examples -> 72 steps/epoch after the validation split
+    lr: float = 1e-2              # the non-SSM weights; small models on short sequences like a high lr
+    lr_ssm: float = 1e-3          # Lambda, dt: S4's value; larger destabilises the spectrum
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05     # linear warm-up over the first 5% of steps, then cosine to 0
+    grad_clip: float = 1.0        # guards the first steps of a fresh spectrum
+    seed: int = 0
+    val_frac: float = 0.1         # held out from the training split for best-checkpoint selection
+    eval_every: int = 1           # epochs between evaluations (and best-checkpoint saves)
+    threads: Optional[int] = None  # torch intra-op threads (None: torch's default)
+    device: str = "auto"          # "auto" (cuda if available), "cpu", "cuda", "cuda:1"...
+    # in-training reduction (CompreSSM, Chahine et al. 2025): None disables it
+    reduce_energy: Optional[float] = None  # keep this fraction of the Hankel energy per layer
+    reduce_until: float = 0.1     # only reduce during this first fraction of training
+    reduce_min_drop: float = 0.1  # reduce a layer only if the new size is at least 10% smaller
+    reduce_horizon: Optional[int] = None   # horizon-aware Gramians (issue 7) during in-training reduction
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr <= 0 or self.lr_ssm < 0:
+            raise ConfigError(f"learning rates must be positive, got lr={self.lr}, lr_ssm={self.lr_ssm}")
+        if not 0 < self.val_frac < 1:
+            raise ConfigError(f"val_frac must be in (0, 1), got {self.val_frac}")
+        if self.reduce_energy is not None and not 0 < self.reduce_energy < 1:
+            raise ConfigError(f"reduce_energy must be in (0, 1), got {self.reduce_energy}")
+        if not 0 < self.reduce_until <= 1:
+            raise ConfigError(f"reduce_until must be in (0, 1], got {self.reduce_until}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: SSMModel
+    best_epoch: int
+    val_metric: float             # accuracy (classification) or -MSE (regression): higher is better
+    test_metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rank_schedule: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(model: SSMModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with two groups: SSM parameters (lr_ssm, no weight decay) and the rest."""
+    groups = [
+        {"params": model.other_parameters(), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": model.ssm_parameters(), "lr": cfg.lr_ssm, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98))
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def predict_last(y: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """r(B L O) -> r(B O): the output at the last valid step (causal model: padding comes after)."""
+    if lengths is None:
+        return y[:, -1]
+    return y[torch.arange(y.shape[0], device=y.device), lengths - 1]
+
+
+def _loss(model: torch.nn.Module, data: TaskData, x, y, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(x)  # (B L O)
+    if data.task_type == "classification":
+        logits = predict_last(out, lengths)
+        return F.cross_entropy(logits, y), (logits.argmax(-1) == y).float().sum()
+    if data.per_step_targets:  # (B L O) targets; mask padding
+        if lengths is None:
+            err = (out - y) ** 2
+            return err.mean(), -err.mean(dim=(1, 2)).sum()
+        mask = (torch.arange(out.shape[1], device=out.device)[None] < lengths[:, None]).to(out.dtype)  # (B L)
+        err = ((out - y) ** 2).mean(-1) * mask
+        per = err.sum(1) / mask.sum(1)
+        return per.mean(), -per.sum()
+    err = (predict_last(out, lengths) - y) ** 2  # (B O)
+    return err.mean(), -err.mean(-1).sum()
+
+
+def _tensors(data: TaskData, split: str, device: torch.device):
+    x = torch.from_numpy(getattr(data, f"x_{split}")).to(device)
+    y = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
+    lens = getattr(data, f"len_{split}")
+    return x, y, (torch.from_numpy(lens).to(device) if lens is not None else None)
+
+
+@torch.no_grad()
+def evaluate(model: SSMModel, data: TaskData, split: str = "test", batch_size: int = 500,
+             device: Optional[torch.device] = None) -> dict[str, float]:
+    """{'accuracy' | 'mse', 'loss', 'n'} on a split ('test' or 'train')."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x, y, lens = _tensors(data, split, device)
+    total_loss, total_metric, n = 0.0, 0.0, x.shape[0]
+    for i in range(0, n, batch_size):
+        sl = slice(i, i + batch_size)
+        loss, metric = _loss(model, data, x[sl], y[sl], lens[sl] if lens is not None else None)
+        total_loss += loss.item() * x[sl].shape[0]
+        total_metric += metric.item()
+    model.train(was_training)
+    key = "accuracy" if data.task_type == "classification" else "mse"
+    value = total_metric / max(n, 1)
+    return {key: value if key == "accuracy" else -value, "loss": total_loss / max(n, 1), "n": n}
+
+
+def _val_score(metrics: dict[str, float]) -> float:
+    return metrics["accuracy"] if "accuracy" in metrics else -metrics["mse"]
+
+
+# ---- the loop --------------------------------------------------------------------------------
+def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
+          on_best: Optional[Callable[[SSMModel, dict[str, Any]], None]] = None,
+          reducer: Optional[Callable[[SSMModel, TrainConfig], tuple[SSMModel, dict[str, Any]]]] = None,
+          progress: bool = True) -> TrainResult:
+    """Train ``model`` on ``data``; returns the best model (by validation metric) with test metrics.
+
+    on_best(model, info): called on rank 0 whenever validation improves (the CLI saves a checkpoint).
+    reducer(model, cfg) -> (model', event): in-training reduction, called at evaluation points during
+    the first ``reduce_until`` of training; when model' is not model, the optimiser is rebuilt.
+    """
+    from tqdm import tqdm
+
+    from .tasks import split_validation
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = _device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.manual_seed(cfg.seed)
+    train_data, val_data = split_validation(data, cfg.val_frac, seed=cfg.seed)
+    model = model.to(device)
+    x, y, lens = _tensors(train_data, "train", device)
+    n = x.shape[0]
+    steps_per_epoch = math.ceil(n / (cfg.batch_size * world))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_frac * total_steps))
+
+    def wrap(m: SSMModel):
+        if world == 1:
+            return m
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+
+    net, opt = wrap(model), build_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    best = {"score": -math.inf, "epoch": -1, "state": None, "config": model.config}
+    history: list[dict[str, Any]] = []
+    schedule: list[dict[str, Any]] = [{"epoch": 0, "ranks": [b.ssm.N for b in model.blocks]}]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, t0 = 0, time.time()
+    bar = tqdm(total=total_steps, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)  # same permutation on every rank, then sharded
+        perm = perm[rank::world].to(device)
+        run_loss = 0.0
+        for i in range(0, perm.numel(), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            f = _lr_factor(step, total_steps, warmup)
+            for g, lr0 in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr0 * f
+            loss, _ = _loss(net, data, x[idx], y[idx], lens[idx] if lens is not None else None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            run_loss += loss.item()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        if epoch % cfg.eval_every and epoch != cfg.epochs:
+            continue
+        # in-training reduction (all ranks, deterministically: same weights -> same reduction)
+        if reducer is not None and cfg.reduce_energy is not None and epoch <= max(1, round(cfg.reduce_until * cfg.epochs)):
+            new_model, event = reducer(model, cfg)
+            if new_model is not model:
+                old_model, model = model, new_model.to(device)
+                net, opt = wrap(model), _rebuild_optimizer(opt, old_model, model, cfg)
+                base_lrs = [cfg.lr, cfg.lr_ssm]
+                schedule.append({"epoch": epoch, "ranks": [b.ssm.N for b in model.blocks], **event})
+                best["score"] = -math.inf  # compare only models of the current size from here on
+        if rank == 0:
+            val = evaluate(model, val_data, "test", device=device)
+            score = _val_score(val)
+            rec = {"epoch": epoch, "train_loss": run_loss / max(1, steps_per_epoch), "val": val,
+                   "seconds": round(time.time() - t0, 1), "ranks": [b.ssm.N for b in model.blocks]}
+            history.append(rec)
+            bar.write(f"epoch {epoch:3d}  train loss {rec['train_loss']:.4f}  val "
+                      + "  ".join(f"{k} {v:.4f}" for k, v in val.items() if k != "n"))
+            if score > best["score"]:
+                best.update(score=score, epoch=epoch, config=model.config,
+                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                if on_best is not None:
+                    on_best(model, {"epoch": epoch, "val": val})
+    bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if best["state"] is not None:
+        best_model = SSMModel(best["config"]).to(device)
+        best_model.load_state_dict(best["state"])
+        best_model.provenance = dict(getattr(model, "provenance", {}))
+    else:
+        best_model = model
+    test = evaluate(best_model, data, "test", device=device) if rank == 0 else {}
+    return TrainResult(best_model, best["epoch"], best["score"], test, history, schedule, time.time() - t0)
+
+
+def _rebuild_optimizer(old: torch.optim.Optimizer, old_model: SSMModel, model: SSMModel,
+                       cfg: TrainConfig) -> torch.optim.Optimizer:
+    """A fresh AdamW for the new shapes; Adam moments of parameters whose name and shape are unchanged are kept."""
+    new = build_optimizer(model, cfg)
+    old_params = dict(old_model.named_parameters())
+    for name, p in model.named_parameters():
+        q = old_params.get(name)
+        if q is not None and q.shape == p.shape and q in old.state:
+            new.state[p] = old.state[q]
+    return new
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
