@@ -193,7 +193,7 @@ def train(task, task_option_items, output, m_overrides, t_overrides, quiet, as_j
     torch.manual_seed(tcfg.seed)
     model = SSMModel(cfg)
     reducer = None
-    if tcfg.reduce_energy is not None:
+    if tcfg.reduce_energy is not None or tcfg.reduce_rank is not None:
         from .compress import in_training_reducer
 
         reducer = in_training_reducer
@@ -219,7 +219,7 @@ def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:
 @task_options_option
 @out_option
 @dataclass_options(__import__("edgessm.train", fromlist=["TrainConfig"]).TrainConfig, prefix="t_",
-                   skip=("reduce_energy", "reduce_until", "reduce_min_drop", "reduce_horizon"))
+                   skip=("reduce_energy", "reduce_rank", "reduce_until", "reduce_min_drop", "reduce_horizon"))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @json_option
 def finetune(model_path, task, task_option_items, output, t_overrides, quiet, as_json):

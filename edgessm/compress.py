@@ -260,26 +260,33 @@ def plot_hsv(reports: list[LayerReport], path: str) -> None:
 
 
 def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]:
-    """CompreSSM step: reduce each layer whose energy rank is <= (1 - reduce_min_drop) of its size.
+    """CompreSSM step (Chahine et al. 2025) at an evaluation point early in training.
 
-    A layer's new size is the largest per-channel energy rank (a layer keeps one N for all channels).
-    Returns (model, event) with the same model object when nothing changes.
+    With cfg.reduce_energy: a layer's energy rank is the largest per-channel rank that keeps that
+    fraction of the Hankel energy (one N per layer); the layer is reduced when that rank is at most
+    (1 - reduce_min_drop) of its size. With cfg.reduce_rank: every layer larger than the target is
+    reduced to it. Returns (model, event), the same model object when nothing changes.
     """
     systems = diagonal_systems(model)
-    new_systems, changed, event = [], [], {"energy": cfg.reduce_energy, "layers": []}
+    new_systems, changed = [], []
+    event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}
     for i, sys in enumerate(systems):
-        red = balanced_truncation(sys, energy=cfg.reduce_energy, horizon=cfg.reduce_horizon, measure=False, layer=i)
-        r_new = int(red.system.N)
-        if r_new <= (1.0 - cfg.reduce_min_drop) * sys.N and r_new < sys.N:
-            new_systems.append(red.system)
-            changed.append(i)
-            event["layers"].append({"layer": i, "from": sys.N, "to": r_new,
-                                    "max_bound": _num(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None})
+        if cfg.reduce_rank is not None:
+            if sys.N <= cfg.reduce_rank:
+                new_systems.append(sys)
+                continue
+            red = balanced_truncation(sys, int(cfg.reduce_rank), horizon=cfg.reduce_horizon, measure=False, layer=i)
         else:
-            new_systems.append(sys)
+            red = balanced_truncation(sys, energy=cfg.reduce_energy, horizon=cfg.reduce_horizon, measure=False, layer=i)
+            if not (red.system.N <= (1.0 - cfg.reduce_min_drop) * sys.N and red.system.N < sys.N):
+                new_systems.append(sys)
+                continue
+        new_systems.append(red.system)
+        changed.append(i)
+        event["layers"].append({"layer": i, "from": sys.N, "to": int(red.system.N),
+                                "max_bound": _num(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None})
     if not changed:
         return model, event
     new = with_diagonal_systems(model, new_systems)
     new.provenance = dict(model.provenance)
     return new, event
-

@@ -46,6 +46,7 @@ class TrainConfig:
     device: str = "auto"          # "auto" (cuda if available), "cpu", "cuda", "cuda:1"...
     # in-training reduction (CompreSSM, Chahine et al. 2025): None disables it
     reduce_energy: Optional[float] = None  # keep this fraction of the Hankel energy per layer
+    reduce_rank: Optional[int] = None      # or: reduce every layer to this many modes (a fixed target r)
     reduce_until: float = 0.1     # only reduce during this first fraction of training
     reduce_min_drop: float = 0.1  # reduce a layer only if the new size is at least 10% smaller
     reduce_horizon: Optional[int] = None   # horizon-aware Gramians (issue 7) during in-training reduction
@@ -57,6 +58,10 @@ class TrainConfig:
             raise ConfigError(f"learning rates must be positive, got lr={self.lr}, lr_ssm={self.lr_ssm}")
         if not 0 < self.val_frac < 1:
             raise ConfigError(f"val_frac must be in (0, 1), got {self.val_frac}")
+        if self.reduce_energy is not None and self.reduce_rank is not None:
+            raise ConfigError("give reduce_energy or reduce_rank, not both")
+        if self.reduce_rank is not None and self.reduce_rank < 1:
+            raise ConfigError(f"reduce_rank must be >= 1, got {self.reduce_rank}")
         if self.reduce_energy is not None and not 0 < self.reduce_energy < 1:
             raise ConfigError(f"reduce_energy must be in (0, 1), got {self.reduce_energy}")
         if not 0 < self.reduce_until <= 1:
@@ -230,7 +235,7 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
         if epoch % cfg.eval_every and epoch != cfg.epochs:
             continue
         # in-training reduction (all ranks, deterministically: same weights -> same reduction)
-        if reducer is not None and cfg.reduce_energy is not None and epoch <= max(1, round(cfg.reduce_until * cfg.epochs)):
+        if reducer is not None and (cfg.reduce_energy is not None or cfg.reduce_rank is not None) and epoch <= max(1, round(cfg.reduce_until * cfg.epochs)):
             new_model, event = reducer(model, cfg)
             if new_model is not model:
                 old_model, model = model, new_model.to(device)
