@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@DEMO_DIR=$(DEMO_DIR) BIN=$(BIN) bash scripts/demo.sh
+	@DEMO_DIR=$(DEMO_DIR) BIN=$(BIN) $(BIN)/python scripts/demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider

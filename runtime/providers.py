@@ -143,6 +143,10 @@ def create_session(model: Union[str, bytes], plan: ProviderPlan, so, label: str 
         if not os.path.isfile(model):
             raise RuntimeModelError(f"model path is not a file: {model}")
     captured = io.StringIO()
+    if not plan.strict:
+        # "auto" probes GPU providers that may be absent: their library-load failures go to onnxruntime's
+        # global logger at ERROR level. The outcome is reported as `fallback` instead, so keep stderr clean.
+        ort.set_default_logger_severity(4)
     try:
         # onnxruntime prints its provider-fallback notice to stdout: keep stdout clean for piped outputs
         with contextlib.redirect_stdout(captured):
@@ -153,6 +157,9 @@ def create_session(model: Union[str, bytes], plan: ProviderPlan, so, label: str 
         if "Protobuf parsing failed" in msg or "INVALID_PROTOBUF" in kind or "InvalidProtobuf" in kind:
             raise RuntimeModelError(f"{label}: not an ONNX model (protobuf parsing failed)") from None
         raise RuntimeModelError(f"{label}: onnxruntime could not load it: {msg[:300]}") from None
+    finally:
+        if not plan.strict:
+            ort.set_default_logger_severity(2)  # onnxruntime's default (WARNING)
     used = sess.get_providers()
     fallback = None
     if plan.primary not in used:
