@@ -44,6 +44,9 @@ class CompressSpec:
     seed: int = 0                         # for method="random"
 
     def validate(self, n_layers: int) -> None:
+        bad = [i for i in self.layer_ranks if not 0 <= i < n_layers]
+        if bad:
+            raise RankError(f"--layer-rank names layer(s) {bad}, the model has layers 0..{n_layers - 1}")
         given = [s for s in ("rank", "energy", "tol") if getattr(self, s) is not None]
         if len(given) > 1:
             raise RankError(f"give one of --rank, --energy, --tol (got {', '.join('--' + g for g in given)})")
@@ -59,9 +62,6 @@ class CompressSpec:
             raise RankError(f"--energy must be in (0, 1), got {self.energy}")
         if self.tol is not None and not self.tol > 0:
             raise RankError(f"--tol must be > 0, got {self.tol}")
-        bad = [i for i in self.layer_ranks if not 0 <= i < n_layers]
-        if bad:
-            raise RankError(f"--layer-rank names layer(s) {bad}, the model has layers 0..{n_layers - 1}")
 
 
 @dataclass
