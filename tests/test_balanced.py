@@ -415,3 +415,19 @@ def test_property_hsv_agree_with_eig_of_gramians(sys):
     # the dense reference loses ~ eps * cond(I - kron(A, A)) ~ eps / (1 - |a|^2) relative to sigma_1
     big = ref >= 1e-6 * ref[0]
     np.testing.assert_allclose(hs[big], ref[big], rtol=1e-5)
+
+
+def test_horizon_stability_fallback():
+    # constructed (seeded search): with a 2-step window the order-1 horizon-aware model has
+    # |lambda| = 1.047 > 1, no order <= 2r is stable, so the channel falls back to plain BT
+    rng = np.random.default_rng(2)
+    rad, ang = 1 - 10 ** rng.uniform(-3, -0.2, 4), rng.uniform(0, np.pi, 4)
+    C = rng.standard_normal(4) + 1j * rng.standard_normal(4)
+    sys = DiagonalSSM((rad * np.exp(1j * ang))[None], np.ones((1, 4)), C[None], np.zeros(1))
+    red = balanced_truncation(sys, 1, horizon=2)
+    assert any("unstable" in w for w in red.warnings)
+    assert any("infinite-horizon" in w for w in red.warnings)
+    plain = balanced_truncation(sys, 1)
+    assert red.system.is_stable() and red.order[0] == plain.order[0]
+    w = np.linspace(0, np.pi, 65)
+    np.testing.assert_allclose(red.system.transfer_function(w), plain.system.transfer_function(w), rtol=1e-12)
