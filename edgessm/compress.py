@@ -235,7 +235,7 @@ def plot_hsv(reports: list[LayerReport], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("--plot needs matplotlib: pip install 'edgessm[plot]'") from None
+        raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
     n = len(reports)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False, sharey=True)
     for ax, rep in zip(axes[0], reports):
