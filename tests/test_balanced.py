@@ -185,10 +185,13 @@ def check_reduction(sys: DiagonalSSM, red, *, rtol_hinf: float = 1e-6) -> None:
     k = red.order
     sig_next = red.hsv[np.arange(H), np.minimum(k, red.hsv.shape[1] - 1)] * (k < red.hsv.shape[1])
     meas = hinf_norm(error_system(sys, red.system))
-    scale = np.abs(sys.transfer_function(np.linspace(0, np.pi, 64))).max(axis=1)
-    # the grid estimate is a lower estimate converged to ~1e-9 relative; rounding floor ~1e3 eps scale
-    assert np.all(meas <= red.bound * (1 + 1e-9) + 1e-11 * scale), (meas, red.bound)
-    assert np.all(meas >= sig_next * (1 - rtol_hinf) - 1e-11 * scale), (meas, sig_next)
+    # float64 floor: the computed reduced realisation is exact for data perturbed by ~n eps sigma_1, and
+    # a pole perturbation near the circle is amplified by 1 / (1 - rho) in the frequency response
+    n = sys.real_state_dims()
+    floor = 100 * EPS * n * red.hsv[:, 0] / (1 - sys.spectral_radius())
+    # the grid estimate is a lower estimate of the norm, converged to ~1e-9 relative (rtol_hinf for resonances)
+    assert np.all(meas <= red.bound * (1 + 1e-9) + floor), (meas, red.bound, floor)
+    assert np.all(meas >= sig_next * (1 - rtol_hinf) - floor), (meas, sig_next, floor)
     assert red.system.is_stable()
     assert np.all(red.rank <= red.system.N)
     assert np.all(red.system.real_state_dims() == k)
