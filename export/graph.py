@@ -35,7 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgessm.errors import ExportError
 
-from .lowering import BlockParams, LayerNormParams, LinearParams, ModelParams, chunk_matrix, step_elementwise, step_matrices
+from .lowering import (BlockParams, LayerNormParams, LinearParams, ModelParams, chunk_matrix, step_elementwise,
+                       step_matrices)
 
 __all__ = ["TARGETS", "build_step_graph", "build_chunk_graph", "node_counts", "state_specs", "MIN_OPSET"]
 

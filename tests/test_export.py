@@ -8,7 +8,6 @@ Bars, with the reason next to each:
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
