@@ -62,11 +62,32 @@ def _scalar_type(tp: Any) -> Optional[type]:
     return tp if tp in (int, float, str, bool) else None
 
 
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each field's trailing ``# comment`` in the dataclass source: the config is the one place it is written."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+):[^#]*=[^#]*#\s*(.+)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+
+def _field_choices() -> dict[str, tuple[str, ...]]:
+    from . import config
+
+    return {"layer": config.LAYERS, "init": config.INITS, "mixing": config.MIXINGS, "pooling": config.POOLINGS,
+            "norm": config.NORMS, "activation": config.ACTIVATIONS}
+
+
 def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> Callable:
     """Decorator: one --option per scalar field of ``cls``; the values arrive as ``{prefix}overrides``."""
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in skip and _scalar_type(hints[f.name])]
     dest = f"{prefix}overrides"
+    docs, choices = _field_docs(cls), _field_choices()
 
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -81,12 +102,14 @@ def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), prefix: str = ""
             tp = _scalar_type(hints[f.name])
             name = "--" + f.name.replace("_", "-")
             default = f.default if f.default is not dataclasses.MISSING else None
+            help_text = f"{docs.get(f.name, '')} [default: {default}]".strip()
             if tp is bool:
                 wrapper = click.option(f"{name}/--no-{f.name.replace('_', '-')}", f"{prefix}{f.name}", default=None,
-                                       help=f"[{cls.__name__}] default: {default}")(wrapper)
+                                       help=help_text)(wrapper)
             else:
-                wrapper = click.option(name, f"{prefix}{f.name}", type=tp, default=None, show_default=False,
-                                       help=f"[{cls.__name__}] default: {default}")(wrapper)
+                ptype = click.Choice(choices[f.name]) if tp is str and f.name in choices else tp
+                wrapper = click.option(name, f"{prefix}{f.name}", type=ptype, default=None, show_default=False,
+                                       help=help_text)(wrapper)
         return wrapper
 
     return deco

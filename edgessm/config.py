@@ -27,23 +27,23 @@ class ModelConfig:
     vocab_size: int = 0         # > 0: an embedding encoder on int64 tokens instead of a linear one
     # backbone: the 4 x 64 x 32 S4D that FACTS.md measured at 97.1% on mnist1d in 100 s on 2 cores
     d_model: int = 64           # H channels
-    n_layers: int = 4
+    n_layers: int = 4           # SSM blocks; 4 reaches 97% on mnist1d (FACTS.md)
     d_state: int = 32           # N complex modes per channel (2N real state numbers)
     layer_d_state: Optional[list[int]] = None  # per-layer N after compression (overrides d_state)
     layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022)
     init: str = "s4d-lin"       # S4D-Lin is the S4D paper's default; "skew-hippo" is Ezoe & Sato's baseline
     dt_min: float = 1e-3        # log-uniform Delta range of S4/S4D
-    dt_max: float = 1e-1
+    dt_max: float = 1e-1        # upper end of the log-uniform Delta range
     # block: SSM -> D skip -> activation -> mixing -> dropout -> residual, pre-norm (S4 repo's default)
-    activation: str = "gelu"
+    activation: str = "gelu"    # after the SSM and D skip, before mixing (S4D)
     mixing: str = "glu"         # GLU output mixing as in S4D's standalone model
     norm: str = "layer"         # LayerNorm works per step, so the step graph reproduces it exactly
-    prenorm: bool = True
+    prenorm: bool = True        # LayerNorm before the SSM (True) or after the residual (False)
     dropout: float = 0.0        # mnist1d at this size does not overfit badly; set 0.1 for larger tasks
     # head: causal pooling so the step-by-step run reproduces the prediction at every step
     pooling: str = "mean"       # "mean": running mean of decoder outputs; "last": per-step output; "none": seq2seq
     # mode: "classification" (cross-entropy on the pooled last valid step) or "regression" (MSE)
-    task_type: str = "classification"
+    task_type: str = "classification"  # or "regression" (MSE); set from the task by `edgessm train`
 
     def __post_init__(self) -> None:
         self.validate()
