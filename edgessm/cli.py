@@ -277,18 +277,22 @@ def _check_compatible(model, data, path) -> None:
 @task_option
 @task_options_option
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="task generator seed")
+@click.option("--seed", type=int, default=None,
+              help="task generator seed [default: the seed the model was trained with on this task, else 0]")
 @json_option
 def eval_cmd(model_path, task, task_option_items, split, seed, as_json):
-    """Evaluate a checkpoint on a task split."""
+    """Evaluate a checkpoint on a task split (by default the test split the model was trained beside)."""
     from .checkpoint import load
     from .train import evaluate
 
     model = load(model_path)
+    if seed is None:  # `train --seed s` also seeds the task generator: evaluate on that draw's test split
+        prov = model.provenance
+        seed = int(prov.get("train_config", {}).get("seed", 0)) if prov.get("task") == task else 0
     data = _load_task(task, task_option_items, seed)
     _check_compatible(model, data, model_path)
     metrics = evaluate(model, data, split)
-    out = {"model": str(model_path), "task": data.name, "split": split, **metrics}
+    out = {"model": str(model_path), "task": data.name, "split": split, "seed": seed, **metrics}
     _emit(out, as_json, lambda r: "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
 
 
@@ -303,10 +307,33 @@ def info(path, as_json):
 
 
 def _info_text(r: dict[str, Any]) -> str:
+    """Human view: scalars as rows; provenance condensed to what a person reads (full detail with --json)."""
     from .report import table
 
-    rows = [[k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v] for k, v in r.items() if k != "config"]
-    rows.append(["config", ", ".join(f"{k}={v}" for k, v in (r.get("config") or {}).items())])
+    rows = []
+    for k, v in r.items():
+        if k in ("config", "provenance", "metadata"):
+            continue
+        rows.append([k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v])
+    prov = r.get("provenance") or {}
+    if prov:
+        test = (prov.get("metrics") or {}).get("test") or {}
+        if prov.get("task"):
+            rows.append(["task", prov["task"]])
+        if test:
+            rows.append(["test metrics", ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))])
+        if prov.get("command"):
+            rows.append(["made by", f"edgessm {prov['command']}" + (f" from {prov['parent']['path']}" if prov.get("parent") else "")])
+        red = prov.get("reduction")
+        if red:
+            bounds = [l.get("max_bound") for l in red.get("layers", [])]
+            rows.append(["reduction", f"{red.get('method')} {red.get('modes_in')} -> {red.get('modes_out')} modes, "
+                                      f"bounds hold: {red.get('bounds_hold')}, max bound per layer "
+                                      + str(["-" if b is None else f"{b:.3g}" for b in bounds])])
+        if prov.get("rank_schedule"):
+            rows.append(["rank schedule", "; ".join(f"ep {e['epoch']}: {e['ranks']}" for e in prov["rank_schedule"])])
+    if r.get("config"):
+        rows.append(["config", ", ".join(f"{k}={v}" for k, v in r["config"].items())])
     return table(["", ""], rows, header=False)
 
 

@@ -39,7 +39,7 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
     model = load(p)
     systems = diagonal_systems(model)
     prov = dict(model.provenance)
-    history = prov.pop("history", None)
+    prov.pop("history", None)  # per-epoch validation log: in the file, too long for a description
     return {
         "file": str(p), "kind": "checkpoint", "bytes": p.stat().st_size,
         "parameters": sum(t.numel() for t in model.parameters()),
@@ -49,7 +49,6 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
         "max_abs_A_per_layer": [round(float(s.spectral_radius().max()), 6) for s in systems],
         "config": model.config.to_dict(),
         "provenance": prov,
-        "epochs_logged": len(history) if history else 0,
     }
 
 

@@ -39,7 +39,7 @@ class TrainConfig:
     weight_decay: float = 0.01    # AdamW decay of the non-SSM weights (the SSM group has none)
     warmup_frac: float = 0.05     # linear warm-up over the first 5% of steps, then cosine to 0
     grad_clip: float = 1.0        # guards the first steps of a fresh spectrum
-    seed: int = 0                 # model init, data order, validation split and task generation
+    seed: int = 0                 # model init, data order, validation split, and the task generator (seed 0 = the reference mnist1d draw)
     val_frac: float = 0.1         # held out from the training split for best-checkpoint selection
     eval_every: int = 1           # epochs between evaluations (and best-checkpoint saves)
     threads: Optional[int] = None  # torch intra-op threads (None: torch's default)
