@@ -58,6 +58,17 @@ def layer_curves(sys, ranks: list[int]) -> dict:
     return out
 
 
+def summarise(c: dict) -> dict:
+    """Per-rank min / median / max over channels (the per-channel arrays would make the JSON ~1 MB)."""
+    out = {k: c[k] for k in ("ranks", "bt_seconds", "bound_violations", "lower_violations")}
+    out["gain"] = {"min": float(np.min(c["gain"])), "median": float(np.median(c["gain"])), "max": float(np.max(c["gain"]))}
+    for key in ("bt_bound", "bt_lower", "bt_measured", "modal_measured", "bt_order"):
+        v = np.array(c[key], float)  # (ranks H)
+        out[key] = {"min": np.round(v.min(axis=1), 6).tolist(), "median": np.round(np.median(v, axis=1), 6).tolist(),
+                    "max": np.round(v.max(axis=1), 6).tolist()}
+    return out
+
+
 def horizon_rows(sys, ranks: list[int], L: int) -> list[dict]:
     rows = []
     for r in ranks:
@@ -231,7 +242,7 @@ def main() -> None:
            "violations": {"upper": sum(c["bound_violations"] for c in layers),
                           "lower": sum(c["lower_violations"] for c in layers),
                           "checked": len(ranks) * systems[0].H * len(systems)},
-           "layers": layers,
+           "layers": [summarise(c) for c in layers],
            "command": "python bench/compression_quality.py " + " ".join(__import__("sys").argv[1:])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res))

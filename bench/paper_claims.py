@@ -11,6 +11,7 @@ Arms, per seed s and reduced size r (N = --d-state modes in the full model):
   modal_ft   modal + the same main training                             (any warm start vs balancing)
   hbt        horizon-aware BT (--horizon = task length) of `full`, no training
   hbt_ft     hbt + the same main training
+  small_2x   (control, --control-ranks) r modes from scratch with 2x epochs: the compute of full + bt_ft
 
 Every step is a call of the `edgessm` CLI (so the numbers are what a user gets), one thread per run,
 --jobs runs in parallel. Resumable: each finished step leaves <workdir>/<name>.json; a rerun skips it.
@@ -30,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-ARMS = ["small", "bt", "bt_ft", "inred", "modal", "modal_ft", "hbt", "hbt_ft"]
+ARMS = ["small", "bt", "bt_ft", "inred", "modal", "modal_ft", "hbt", "hbt_ft", "small_2x"]
 ARM_LABEL = {
     "full": "(1) full N, trained",
     "small": "(2) r modes, trained from scratch",
@@ -41,6 +42,7 @@ ARM_LABEL = {
     "modal_ft": "(6b) modal + main training",
     "hbt": "(7a) horizon BT of (1), no training",
     "hbt_ft": "(7b) horizon BT + main training",
+    "small_2x": "(control) r modes from scratch, 2x epochs",
 }
 
 
@@ -84,6 +86,11 @@ def build_jobs(a, wd: Path) -> list[Job]:
                 jobs.append(Job(f"{arm}_ft_r{r}_s{s}", [["edgessm", "finetune", str(p(arm)), *task, "-o",
                                                          str(p(arm + "_ft")), "--seed", str(s), *common]],
                                 [f"{arm}_r{r}_s{s}"], "train"))
+    long = [c if c != str(a.epochs) else str(2 * a.epochs) for c in common]
+    for r in a.control_ranks:
+        for s in a.seeds:
+            jobs.append(Job(f"small_2x_r{r}_s{s}", [["edgessm", "train", *task, "-o", str(wd / f"small_2x_r{r}_s{s}.safetensors"),
+                                                     *model, "--d-state", str(r), "--seed", str(s), *long]], [], "train"))
     return jobs
 
 
@@ -91,6 +98,9 @@ def run(a) -> dict:
     wd = Path(a.workdir)
     wd.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(a, wd)
+    if a.arms:  # run only these arms (their inputs must exist or be among them)
+        keep = set(a.arms.split(","))
+        jobs = [j for j in jobs if (j.name.rsplit("_r", 1)[0] if "_r" in j.name else "full") in keep]
     done = {j.name for j in jobs if (wd / f"{j.name}.json").exists()}
     pending = [j for j in jobs if j.name not in done]
     failed: set[str] = set()
@@ -171,7 +181,7 @@ def collect(a, wd: Path) -> dict:
                                              or {}).get("commands")})
     return {"task": a.task, "task_options": a.task_option, "seeds": a.seeds, "epochs": a.epochs, "ranks": a.ranks,
             "d_state": a.d_state, "d_model": a.d_model, "n_layers": a.n_layers, "init": "skew-hippo",
-            "reduce_until": a.reduce_until, "horizon": a.horizon, "threads_per_run": 1, "jobs": a.jobs,
+            "reduce_until": a.reduce_until, "control_ranks": a.control_ranks, "horizon": a.horizon, "threads_per_run": 1, "jobs": a.jobs,
             "driver": " ".join(["python", "bench/paper_claims.py", *sys.argv[1:]]), "rows": rows}
 
 
@@ -232,6 +242,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ranks", default="16,8,4", help="in priority order (runs are scheduled rank by rank)")
+    ap.add_argument("--control-ranks", default="", help="ranks for the small_2x control arm (scheduled last)")
     ap.add_argument("--d-state", type=int, default=32)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--n-layers", type=int, default=4)
@@ -241,10 +252,12 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="default: runs/paper_claims_<task>")
     ap.add_argument("--out", default=None, help="default: docs/data/paper_claims_<task>.json")
     ap.add_argument("--plot", default=None, help="default: docs/figures/accuracy_vs_rank_<task>.png")
+    ap.add_argument("--arms", default="", help="comma list: run only these arms, e.g. small_2x (default all)")
     ap.add_argument("--collect-only", action="store_true", help="summarise cached runs, start nothing")
     a = ap.parse_args()
     a.seeds = [int(x) for x in a.seeds.split(",")]
     a.ranks = [int(x) for x in a.ranks.split(",")]
+    a.control_ranks = [int(x) for x in a.control_ranks.split(",") if x]
     tag = a.task.split(":")[0].replace("/", "_")
     a.workdir = a.workdir or f"runs/paper_claims_{tag}"
     summary = collect(a, Path(a.workdir)) if a.collect_only else run(a)
