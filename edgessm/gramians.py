@@ -33,8 +33,10 @@ with the generator multiplied by the Blaschke factor of the pivot node,
 (the Schur algorithm for Pick matrices; Gohberg, Kailath, Olshevsky 1995; high relative accuracy
 of GECP on Cauchy-like matrices: Demmel 1999), so every pivot and column is a product of
 accurately computed factors, never a difference of large Gramian entries. Exact rank deficiency
-(aliased, coinciding modes) gives exactly zero generators. Cost O(M K) per step, O(M K^2)... with
-K the numerical rank, vectorised over channels.
+(aliased, coinciding modes) gives exactly zero generators. A complex pivot mode is eliminated
+together with its partner and the pair of columns is turned real by a closed-form 2x2 unitary
+(``cauchy_real_factor``), so the factors are real with K = numerical rank columns. Cost O(N) per
+pivot pair and channel, O(N K) in all, vectorised over channels (a loop over pivot steps).
 
 Finite horizon (Gawronski & Juang 1990): the L-step Gramians P_L = sum_{k<L} A^k B B^H A^kH have
 displacement rank 2, so they are formed densely and factored by the same pivoting on explicit

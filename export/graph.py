@@ -14,9 +14,11 @@ The network (edgessm/model.py), per step:
     y = LN_f(h) W_dec + b_dec; mean pooling: m' = m + (y - m) / (c + 1), pool = [m' | c + 1]
 
 Forms of the SSM (``target``): "cpu" writes the delta-form complex update with elementwise ops on
-the [Re | Im] state (12 nodes a layer); "cuda"/"tensorrt" write it as one Einsum over [X | u] and the
-readout as another (5 nodes a layer): at batch 1 a GPU step is launch-bound, so fewer nodes win
-there, while the CPU provider runs the elementwise form faster (docs/onnx.md has the numbers).
+the [Re | Im] state, the [Im | Re] swap as a MatMul by a permutation (11 nodes a layer), and the GLU
+as two Gemms (one fused with its Sigmoid by onnxruntime); "cuda"/"tensorrt" write the update as one
+Einsum over [X | u] and the readout as another (5 nodes a layer): at batch 1 a GPU step is
+launch-bound, so fewer nodes win there, while the CPU provider runs the elementwise form faster
+(docs/onnx.md and docs/latency.md have the numbers).
 
 fp16: weights and activations in float16, the SSM (state update and readout) in float32 with a
 Cast on each side; x, y and every state stay float32 at the graph boundary.
@@ -127,16 +129,28 @@ class _Builder:
         a, g = self.op("Split", [v, self.ints([H, H])], n_out=2, axis=-1)  # GLU: a * sigmoid(g)
         return self.op("Mul", [a, self.op("Sigmoid", [g])])
 
+    def glu_two_gemms(self, z: str, blk: BlockParams, H: int) -> str:
+        """GLU as Gemm(a half) * Sigmoid(Gemm(g half)): no Split, and onnxruntime's CPU provider fuses
+        Gemm + Sigmoid into one FusedGemm (4 nodes, 3 after optimisation, instead of 4)."""
+        W, b = blk.mix.W, blk.mix.b
+        a = self.op("Gemm", [z, self.w(W[:, :H]), self.w(b[:H])])
+        gate = self.op("Sigmoid", [self.op("Gemm", [z, self.w(W[:, H:]), self.w(b[H:])])])
+        return self.op("Mul", [a, gate])
+
 
 # ---- SSM forms ---------------------------------------------------------------------------------
 def _ssm_step_elementwise(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams) -> str:
-    """z r(B H) f32, X r(B H 2N) -> y r(B H); writes X_out = X + (a X + B u) (12 nodes)."""
+    """z r(B H) f32, X r(B H 2N) -> y r(B H); writes X_out = X + (a X + B u) (11 nodes).
+
+    The [Im | Re] swap is a MatMul by a 0/1 permutation matrix (exact: one product by 1, the rest
+    by 0): onnxruntime's CPU Gather along the last axis costs ~15x a small MatMul (docs/latency.md).
+    """
     c = step_elementwise(blk.ssm)
     U = g.op("Unsqueeze", [z, g.ints([2])])                                   # (B H 1)
-    Xs = g.op("Gather", [X, g.const(c["swap"], np.int64, "swap")], axis=2)    # (B H 2N) [Im | Re]
-    d = g.op("Add", [g.op("Mul", [X, g.const(c["Ac"], name="A")]),
-                     g.op("Mul", [Xs, g.const(c["As"], name="A")])])          # (a x) on [Re | Im]
-    d = g.op("Add", [d, g.op("Mul", [U, g.const(c["Bc"], name="B")])])       # + B u
+    Xs = g.op("MatMul", [X, g.const(c["P"], name="swap")])                    # (B H 2N) [Im | Re]
+    d = g.op("Sum", [g.op("Mul", [X, g.const(c["Ac"], name="A")]),           # a x on [Re | Im]
+                     g.op("Mul", [Xs, g.const(c["As"], name="A")]),
+                     g.op("Mul", [U, g.const(c["Bc"], name="B")])])           # + B u
     Xn = g.op("Add", [X, d], out=X_out)                                       # delta form
     y = g.op("ReduceSum", [g.op("Mul", [Xn, g.const(c["Cc"], name="C")]), g.ints([2])], keepdims=0)  # (B H)
     return g.op("Add", [y, g.op("Mul", [z, g.const(c["D"], name="D")])])
@@ -213,7 +227,7 @@ def _encode(g: _Builder, mp: ModelParams, rank2: bool) -> str:
     return g.linear(g.to_act("x"), mp.encoder, rank2)
 
 
-def _blocks(g: _Builder, mp: ModelParams, h: str, ssm, rank2: bool) -> str:
+def _blocks(g: _Builder, mp: ModelParams, h: str, ssm, rank2: bool, split_glu: bool = False) -> str:
     for i, blk in enumerate(mp.blocks):
         g.section = f"block.{i}"
         z = g.layernorm(h, blk.norm) if blk.prenorm else h
@@ -221,7 +235,11 @@ def _blocks(g: _Builder, mp: ModelParams, h: str, ssm, rank2: bool) -> str:
         y = ssm(g, g.to_f32(z), f"past_state.{i}", f"present_state.{i}", blk)  # float32 recurrence
         y = g.to_act(y)
         g.section = f"block.{i}"
-        z = g.mixing(g.activation(y, blk.activation), blk, rank2, mp.H)
+        z = g.activation(y, blk.activation)
+        if split_glu and rank2 and blk.mixing == "glu":
+            z = g.glu_two_gemms(z, blk, mp.H)
+        else:
+            z = g.mixing(z, blk, rank2, mp.H)
         h = g.op("Add", [h, z])
         if not blk.prenorm:
             h = g.layernorm(h, blk.norm)
@@ -244,7 +262,7 @@ def build_step_graph(mp: ModelParams, target: str = "cpu", fp16: bool = False, o
     _check(mp, target, opset)
     g = _Builder(fp16, opset)
     ssm = _ssm_step_elementwise if target == "cpu" else _ssm_step_matrix
-    h = _blocks(g, mp, _encode(g, mp, rank2=True), ssm, rank2=True)          # (B H)
+    h = _blocks(g, mp, _encode(g, mp, rank2=True), ssm, rank2=True, split_glu=target == "cpu")  # (B H)
     g.section = "head"
     y = _decode(g, mp, h, rank2=True)                                         # (B O) float32
     if mp.pooling == "mean":

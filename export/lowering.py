@@ -217,16 +217,21 @@ def _stack(c: np.ndarray) -> np.ndarray:
 def step_elementwise(p: SSMParams) -> dict[str, np.ndarray]:
     """Constants of the elementwise step on X = [Re | Im] r(B H 2N).
 
-    delta = Ac * X + As * swap(X) + Bc * u,  X' = X + delta,  y = sum(Cc * X') + D u.
+    delta = Ac * X + As * swap(X) + Bc * u,  X' = X + delta,  y = sum(Cc * X') + D u;
+    swap(X) = X[..., swap] = X @ P.
     """
     a = p.A_m1
+    swap = np.concatenate([np.arange(p.N, 2 * p.N), np.arange(p.N)]).astype(np.int64)
+    P = np.zeros((2 * p.N, 2 * p.N))
+    P[swap, np.arange(2 * p.N)] = 1.0
     return {
         "Ac": np.concatenate([a.real, a.real], -1),         # r(H 2N)
         "As": np.concatenate([-a.imag, a.imag], -1),        # r(H 2N)
         "Bc": _stack(p.B),                                  # r(H 2N)
         "Cc": np.concatenate([2 * p.C.real, -2 * p.C.imag], -1),  # r(H 2N)
         "D": p.D.copy(),                                    # r(H)
-        "swap": np.concatenate([np.arange(p.N, 2 * p.N), np.arange(p.N)]).astype(np.int64),  # (2N)
+        "swap": swap,                                       # (2N) indices: X[..., swap] = [Im | Re]
+        "P": P,                                             # r(2N 2N) 0/1: X @ P = X[..., swap]
     }
 
 

@@ -205,6 +205,37 @@ def test_gelu_op_at_opset_20(tmp_path):
     assert r20.parity["step"]["y"]["rel"] <= FP32
 
 
+def test_cpu_step_lowering_swap_matmul_and_split_glu(tmp_path):
+    """The cpu form: the [Im | Re] swap is a MatMul by an exact 0/1 permutation (no Gather, which is
+    ~15x slower on the CPU provider), delta = Sum(3 products), GLU as two Gemms that onnxruntime turns
+    into Gemm + FusedGemm(Sigmoid); the state it hands out is the cuda form's, bit for bit close."""
+    model = _model(d_model=16, d_state=8)
+    res = export_onnx(model, tmp_path / "m.onnx", verify_steps=64)
+    m = onnx.load(res.path)
+    ops = [n.op_type for n in m.graph.node]
+    assert "Gather" not in ops and "Split" not in [n.op_type for n in m.graph.node if n.name.startswith("block")]
+    ssm_ops = sorted(n.op_type for n in m.graph.node if n.name.startswith("block.0/ssm/"))
+    assert ssm_ops == sorted(["Unsqueeze", "MatMul", "Mul", "Mul", "Mul", "Sum", "Add", "Mul", "ReduceSum", "Mul",
+                              "Add"])
+    swap = [i for i in m.graph.initializer if "/swap_" in i.name]
+    assert len(swap) == 2  # one per layer
+    P = onnx.numpy_helper.to_array(swap[0])
+    assert np.array_equal(P, onnx.numpy_helper.to_array(swap[1]))
+    assert set(np.unique(P)) == {0.0, 1.0} and np.all(P.sum(0) == 1) and np.all(P.sum(1) == 1)
+    X = np.random.default_rng(0).standard_normal((3, 16, 16)).astype(np.float32)
+    assert np.array_equal(X @ P, np.concatenate([X[..., 8:], X[..., :8]], -1))
+    # onnxruntime fuses Erf-GELU (5 -> 1) and Gemm + Sigmoid (2 -> 1) per block
+    assert res.ort_optimized_nodes["step"] == res.node_counts["step"]["total"] - 2 * (4 + 1)
+    # the cpu and cuda step graphs advance the same state
+    cuda = export_onnx(model, tmp_path / "c.onnx", target="cuda", verify_steps=64)
+    xs = _inputs(model.config, 2, 256)
+    y1, s1 = _run(_session(res.path), xs)
+    y2, s2 = _run(_session(cuda.path), xs)
+    assert np.max(np.abs(y1 - y2)) <= 1e-5 * np.max(np.abs(y2))
+    for k in s1:
+        assert np.max(np.abs(s1[k] - s2[k])) <= 1e-5 * np.max(np.abs(s2[k])), k
+
+
 # ---------------------------------------------------------------------------------------- contract
 def test_metadata_checker_and_node_counts(tmp_path):
     model = _model()
@@ -237,11 +268,11 @@ def test_metadata_checker_and_node_counts(tmp_path):
     for kind, c in res.node_counts.items():
         assert c["encoder"] + sum(c["blocks"]) + c["head"] + c["pool"] == c["total"]
         assert c["total"] == len(onnx.load(res.path if kind == "step" else res.chunk_path).graph.node)
-    assert res.node_counts["step"]["ssm"] == [12, 12]
+    assert res.node_counts["step"]["ssm"] == [11, 11]
     assert meta["edgessm.node_counts"] == res.node_counts["step"]
     cuda = export_onnx(model, tmp_path / "c.onnx", target="cuda", verify_steps=32)
     assert cuda.node_counts["step"]["ssm"] == [5, 5]
-    assert cuda.node_counts["step"]["total"] == res.node_counts["step"]["total"] - 2 * 7
+    assert cuda.node_counts["step"]["total"] == res.node_counts["step"]["total"] - 2 * 6
     assert res.file_sizes["step"] == os.path.getsize(res.path)
 
 
