@@ -183,7 +183,8 @@ def latency_main(argv: list[str]) -> None:
         print(f"{Path(d['model']).name:48s} {str(d['ranks']):14s} {d['parameters']:7d} {d['state_bytes_fp32']:8d} "
               f"{d['torch_p50_us']:8.1f}/{d['torch_p99_us']:8.1f} {d['runtime_p50_us']:9.1f}/{d['runtime_p99_us']:8.1f} "
               f"{d['torch_p50_us'] / d['runtime_p50_us']:8.2f} {d['runtime_p50_us'] / base['runtime_p50_us']:10.2f}")
-    res = {"steps": a.steps, "rounds": a.rounds, "torch": torch.__version__, "torch_threads": 1,
+    rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    res = {"steps": a.steps, "rounds": a.rounds, "torch": torch.__version__, "torch_threads": 1, "git": rev,
            "command": "python bench/compression_quality.py latency " + " ".join(argv), "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))

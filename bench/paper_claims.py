@@ -203,6 +203,25 @@ def print_table(summary: dict) -> None:
         print(f"{ARM_LABEL[arm]:42s}" + "".join(cells))
 
 
+def markdown_table(summary: dict) -> str:
+    """The summary as a markdown table: mean (min..max) in % per arm and r, n = seeds finished."""
+    ranks = summary["ranks"]
+    lines = ["| arm | " + " | ".join(f"r = {r}" for r in ranks) + " |", "|---|" + "---|" * len(ranks)]
+    for arm in ["full"] + ARMS:
+        cells = []
+        for r in ranks:
+            row = next((x for x in summary["rows"] if x["arm"] == arm and (x["r"] == r or arm == "full")), None)
+            if row is None or row["mean"] is None:
+                cells.append("not run")
+                continue
+            n = "" if row["n"] == len(summary["seeds"]) else f" (n={row['n']})"
+            cells.append(f"{row['mean'] * 100:.1f} ({row['min'] * 100:.1f}..{row['max'] * 100:.1f}){n}")
+        if arm == "full":
+            cells = [cells[0] + f" (N = {summary['d_state']})"] + ["same"] * (len(ranks) - 1)
+        lines.append(f"| {ARM_LABEL[arm]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -253,6 +272,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: docs/data/paper_claims_<task>.json")
     ap.add_argument("--plot", default=None, help="default: docs/figures/accuracy_vs_rank_<task>.png")
     ap.add_argument("--arms", default="", help="comma list: run only these arms, e.g. small_2x (default all)")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     ap.add_argument("--collect-only", action="store_true", help="summarise cached runs, start nothing")
     a = ap.parse_args()
     a.seeds = [int(x) for x in a.seeds.split(",")]
@@ -262,6 +282,8 @@ def main() -> None:
     a.workdir = a.workdir or f"runs/paper_claims_{tag}"
     summary = collect(a, Path(a.workdir)) if a.collect_only else run(a)
     print_table(summary)
+    if a.markdown:
+        print(markdown_table(summary))
     out = Path(a.out or f"docs/data/paper_claims_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
