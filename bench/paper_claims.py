@@ -110,13 +110,17 @@ def run(a) -> dict:
     outs: dict[str, list[str]] = {}
 
     def start(j: Job):
-        j.proc = subprocess.Popen(j.cmds[j.step], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # stdout/stderr to files, not pipes: a report larger than the pipe buffer (compress --json with many
+        # warnings) would block the child until we read, and we only read after it exits
+        j.log = (wd / f"{j.name}.step{j.step}.out", wd / f"{j.name}.step{j.step}.err")
+        with open(j.log[0], "w") as fo, open(j.log[1], "w") as fe:
+            j.proc = subprocess.Popen(j.cmds[j.step], stdout=fo, stderr=fe, text=True, env=env)
 
     while pending or running:
         for j in list(running):
             if j.proc.poll() is None:
                 continue
-            out, err = j.proc.communicate()
+            out, err = j.log[0].read_text(), j.log[1].read_text()
             if j.proc.returncode != 0:
                 print(f"FAILED {j.name}: {' '.join(j.cmds[j.step])}\n{err[-2000:]}", flush=True)
                 failed.add(j.name)
