@@ -434,3 +434,14 @@ def test_horizon_stability_fallback():
     assert red.system.is_stable() and red.order[0] == plain.order[0]
     w = np.linspace(0, np.pi, 65)
     np.testing.assert_allclose(red.system.transfer_function(w), plain.system.transfer_function(w), rtol=1e-12)
+
+
+def test_summary_is_json_ready():
+    import json
+
+    sys = make("random", 5, 1e-1, H=2, seed=13)
+    for red in (balanced_truncation(sys, 2), balanced_truncation(sys, 2, horizon=16), modal_truncation(sys, 2),
+                random_truncation(sys, 2, measure=False)):
+        d = json.loads(json.dumps(red.summary()))
+        assert d["rank"] == [int(v) for v in red.rank] and d["method"] == red.method
+        assert d["stored_modes"] == red.system.N == 2

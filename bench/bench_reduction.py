@@ -1,0 +1,119 @@
+"""Benchmark: HSV + balanced truncation of a 6-layer x 512-channel x N=64 model vs python-control.
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_reduction.py [--repeats 3] [--subset 24] [--rank 16]
+
+(one BLAS thread: on the shared 2-core machine, 2 BLAS threads against other jobs made batched
+LAPACK calls 20-40x slower by oversubscription.) Two synthetic S4D-Lin workloads of the same size
+(6 x 512 = 3072 channels, 64 stored modes, ZOH, complex normal C), differing in dt:
+- init: dt log-uniform in [1e-3, 1e-1] (the S4 default): HSVs barely decay and the Gramians have
+  full numerical rank 127 (FACTS.md): the worst case for cost;
+- coarse: dt log-uniform in [0.05, 0.5]: poles further inside the disc and aliasing
+  (FACTS.md) make the Gramians numerically rank deficient, so the factors stop early.
+The cost is set by the Gramians' numerical rank K (pole geometry), not by C: a dense K x K SVD
+per channel dominates.
+python-control 0.10.2 has no discrete-time hsvd/balred (hsvd raises, balred hard-codes dico='C'),
+so its balred (SLICOT AB09AD via slycot) runs on the bilinear equivalent (same HSVs), channel by
+channel on a subset, and is extrapolated linearly to all channels. HSV accuracy of both against a
+50-digit mpmath oracle on a small case. Medians of --repeats runs, taken side by side on a shared
+machine: compare ratios, not absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from edgessm.balanced import balanced_truncation, hankel_singular_values  # noqa: E402
+from edgessm.ssm import DiagonalSSM, zoh  # noqa: E402
+
+
+def workload(kind: str, H: int = 3072, N: int = 64, seed: int = 0) -> DiagonalSSM:
+    rng = np.random.default_rng(seed)
+    lam = np.broadcast_to(-0.5 + 1j * np.pi * np.arange(N), (H, N))
+    lo, hi = (1e-3, 1e-1) if kind == "init" else (0.05, 0.5)
+    dt = np.exp(rng.uniform(np.log(lo), np.log(hi), H))
+    A, B = zoh(lam, dt, np.ones((H, N)))
+    C = (rng.standard_normal((H, N)) + 1j * rng.standard_normal((H, N))) * np.sqrt(0.5)
+    return DiagonalSSM(A, B, C, rng.standard_normal(H))
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def control_balred_time(sys: DiagonalSSM, channels: np.ndarray, orders: np.ndarray) -> float:
+    import control
+    from test_balanced import _real_ss
+
+    total = 0.0
+    for h, k in zip(channels, orders):
+        A, B, C, D = _real_ss(sys, int(h))
+        n = A.shape[0]
+        t = time.perf_counter()
+        Ai = np.linalg.inv(A + np.eye(n))
+        csys = control.ss(Ai @ (A - np.eye(n)), np.sqrt(2) * Ai @ B, np.sqrt(2) * C @ Ai, D - C @ Ai @ B)
+        control.balred(csys, int(k))
+        total += time.perf_counter() - t
+    return total
+
+
+def accuracy() -> dict:
+    import control
+    from test_balanced import _real_ss, hsv_oracle, make
+
+    sys = make("skew-hippo", 8, 1e-1, H=1, seed=1)
+    o = hsv_oracle(sys, 0)
+    ours = hankel_singular_values(sys)[0, :o.size]
+    A, B, C, D = _real_ss(sys, 0)
+    dsys = control.ss(A, B, C, D, True)
+    ctrl = np.sort(np.sqrt(np.abs(np.linalg.eigvals(control.gram(dsys, "o") @ control.gram(dsys, "c")))))[::-1]
+    n = A.shape[0]
+    Ai = np.linalg.inv(A + np.eye(n))
+    csys = control.ss(Ai @ (A - np.eye(n)), np.sqrt(2) * Ai @ B, np.sqrt(2) * C @ Ai, D - C @ Ai @ B)
+    hsvd = np.asarray(control.hsvd(csys))
+    rel = lambda x: float(np.max(np.abs(x - o) / o))  # noqa: E731
+    return {"n": int(o.size), "sigma_min/sigma_1": float(o[-1] / o[0]), "edgessm": rel(ours),
+            "control gram+eig (discrete)": rel(ctrl), "control hsvd (bilinear)": rel(hsvd)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--subset", type=int, default=24, help="channels for python-control (extrapolated)")
+    ap.add_argument("--rank", type=int, default=16)
+    args = ap.parse_args()
+    rows = []
+    for kind in ("coarse", "init"):
+        sys_ = workload(kind)
+        t_hsv, hs = median_time(lambda: hankel_singular_values(sys_), args.repeats)
+        t_bt, red = median_time(lambda: balanced_truncation(sys_, args.rank, measure=False), args.repeats)
+        sub = np.linspace(0, sys_.H - 1, args.subset).astype(int)
+        t_ctrl = control_balred_time(sys_, sub, red.order[sub]) * sys_.H / args.subset
+        rows.append((kind, int(np.median(np.sum(hs > 1e-13 * hs[:, :1], axis=1))), t_hsv, t_bt, t_ctrl))
+        print(rows[-1], flush=True)
+    acc = accuracy()
+    print(f"{'workload':<14}{'median order':>13}{'HSV [s]':>10}{'HSV+BT r=' + str(args.rank) + ' [s]':>18}"
+          f"{'control balred [s]':>20}{'ratio':>8}")
+    for kind, rk, th, tb, tc in rows:
+        print(f"{kind:<14}{rk:>13}{th:>10.2f}{tb:>18.2f}{tc:>20.2f}{tc / tb:>8.1f}")
+    print("HSV max relative error vs 50-digit mpmath (skew-hippo, dt=0.1, n=%d, sigma_min/sigma_1=%.1e):"
+          % (acc["n"], acc["sigma_min/sigma_1"]))
+    for k in ("edgessm", "control gram+eig (discrete)", "control hsvd (bilinear)"):
+        print(f"  {k:<30}{acc[k]:.1e}")
+
+
+if __name__ == "__main__":
+    main()
