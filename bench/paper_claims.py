@@ -12,6 +12,7 @@ Arms, per seed s and reduced size r (N = --d-state modes in the full model):
   hbt        horizon-aware BT (--horizon = task length) of `full`, no training
   hbt_ft     hbt + the same main training
   small_2x   (control, --control-ranks) r modes from scratch with 2x epochs: the compute of full + bt_ft
+  full_2x    (control, with --control-ranks) the full model with 2x epochs: what the same compute buys at N
 
 Every step is a call of the `edgessm` CLI (so the numbers are what a user gets), one thread per run,
 --jobs runs in parallel. Resumable: each finished step leaves <workdir>/<name>.json; a rerun skips it.
@@ -43,7 +44,9 @@ ARM_LABEL = {
     "hbt": "(7a) horizon BT of (1), no training",
     "hbt_ft": "(7b) horizon BT + main training",
     "small_2x": "(control) r modes from scratch, 2x epochs",
+    "full_2x": "(control) full N, 2x epochs",
 }
+FULL_ARMS = ["full", "full_2x"]  # one row per seed, r = N
 
 
 class Job:
@@ -87,6 +90,9 @@ def build_jobs(a, wd: Path) -> list[Job]:
                                                          str(p(arm + "_ft")), "--seed", str(s), *common]],
                                 [f"{arm}_r{r}_s{s}"], "train"))
     long = [c if c != str(a.epochs) else str(2 * a.epochs) for c in common]
+    for s in a.seeds if a.control_ranks else []:
+        jobs.append(Job(f"full_2x_s{s}", [["edgessm", "train", *task, "-o", str(wd / f"full_2x_s{s}.safetensors"), *model,
+                                           "--d-state", str(a.d_state), "--seed", str(s), *long]], [], "train"))
     for r in a.control_ranks:
         for s in a.seeds:
             jobs.append(Job(f"small_2x_r{r}_s{s}", [["edgessm", "train", *task, "-o", str(wd / f"small_2x_r{r}_s{s}.safetensors"),
@@ -100,7 +106,7 @@ def run(a) -> dict:
     jobs = build_jobs(a, wd)
     if a.arms:  # run only these arms (their inputs must exist or be among them)
         keep = set(a.arms.split(","))
-        jobs = [j for j in jobs if (j.name.rsplit("_r", 1)[0] if "_r" in j.name else "full") in keep]
+        jobs = [j for j in jobs if (j.name.rsplit("_r", 1)[0] if "_r" in j.name else j.name.rsplit("_s", 1)[0]) in keep]
     done = {j.name for j in jobs if (wd / f"{j.name}.json").exists()}
     pending = [j for j in jobs if j.name not in done]
     failed: set[str] = set()
@@ -164,11 +170,11 @@ def collect(a, wd: Path) -> dict:
         return json.loads(f.read_text()) if f.exists() else None
 
     rows = []
-    for arm in ["full"] + ARMS:
-        for r in ([a.d_state] if arm == "full" else a.ranks):
+    for arm in FULL_ARMS + ARMS:
+        for r in ([a.d_state] if arm in FULL_ARMS else a.ranks):
             accs, secs, per_seed = [], [], {}
             for s in a.seeds:
-                res = get(f"full_s{s}" if arm == "full" else f"{arm}_r{r}_s{s}")
+                res = get(f"{arm}_s{s}" if arm in FULL_ARMS else f"{arm}_r{r}_s{s}")
                 if res is None:
                     continue
                 acc = summary_metric(res)
@@ -181,7 +187,7 @@ def collect(a, wd: Path) -> dict:
                          "std": statistics.stdev(accs) if len(accs) > 1 else None,
                          "min": min(accs) if accs else None, "max": max(accs) if accs else None,
                          "mean_seconds": statistics.mean(secs) if secs else None,
-                         "command_example": (get(f"full_s{a.seeds[0]}" if arm == "full" else f"{arm}_r{r}_s{a.seeds[0]}")
+                         "command_example": (get(f"{arm}_s{a.seeds[0]}" if arm in FULL_ARMS else f"{arm}_r{r}_s{a.seeds[0]}")
                                              or {}).get("commands")})
     return {"task": a.task, "task_options": a.task_option, "seeds": a.seeds, "epochs": a.epochs, "ranks": a.ranks,
             "d_state": a.d_state, "d_model": a.d_model, "n_layers": a.n_layers, "init": "skew-hippo",
@@ -194,11 +200,11 @@ def print_table(summary: dict) -> None:
     print(f"\n{summary['task']}: test accuracy, mean ± std [min, max] over seeds {summary['seeds']}, "
           f"{summary['epochs']} epochs")
     print(f"{'arm':42s}" + "".join(f"{'r=' + str(r):>26s}" for r in ranks))
-    for arm in ["full"] + ARMS:
+    for arm in FULL_ARMS + ARMS:
         rs = [row for row in summary["rows"] if row["arm"] == arm]
         cells = []
         for r in ranks:
-            row = next((x for x in rs if x["r"] == r or arm == "full"), None)
+            row = next((x for x in rs if x["r"] == r or arm in FULL_ARMS), None)
             if row is None or row["mean"] is None:
                 cells.append(f"{'-':>26s}")
                 continue
@@ -211,16 +217,18 @@ def markdown_table(summary: dict) -> str:
     """The summary as a markdown table: mean (min..max) in % per arm and r, n = seeds finished."""
     ranks = summary["ranks"]
     lines = ["| arm | " + " | ".join(f"r = {r}" for r in ranks) + " |", "|---|" + "---|" * len(ranks)]
-    for arm in ["full"] + ARMS:
+    for arm in FULL_ARMS + ARMS:
         cells = []
         for r in ranks:
-            row = next((x for x in summary["rows"] if x["arm"] == arm and (x["r"] == r or arm == "full")), None)
+            row = next((x for x in summary["rows"] if x["arm"] == arm and (x["r"] == r or arm in FULL_ARMS)), None)
             if row is None or row["mean"] is None:
                 cells.append("not run")
                 continue
             n = "" if row["n"] == len(summary["seeds"]) else f" (n={row['n']})"
             cells.append(f"{row['mean'] * 100:.1f} ({row['min'] * 100:.1f}..{row['max'] * 100:.1f}){n}")
-        if arm == "full":
+        if arm in FULL_ARMS:
+            if cells[0] == "not run":
+                continue
             cells = [cells[0] + f" (N = {summary['d_state']})"] + ["same"] * (len(ranks) - 1)
         lines.append(f"| {ARM_LABEL[arm]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -232,9 +240,10 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    full = next(x for x in summary["rows"] if x["arm"] == "full")
-    if full["mean"] is not None:
-        ax.axhline(full["mean"] * 100, color="k", ls="--", lw=1, label=f"full N={summary['d_state']}")
+    for arm, ls in zip(FULL_ARMS, ("--", "-.")):
+        full = next(x for x in summary["rows"] if x["arm"] == arm)
+        if full["mean"] is not None:
+            ax.axhline(full["mean"] * 100, color="k", ls=ls, lw=1, label=f"{ARM_LABEL[arm]} (N={summary['d_state']})")
     for arm in ARMS:
         rs = sorted((x for x in summary["rows"] if x["arm"] == arm and x["mean"] is not None), key=lambda x: x["r"])
         if not rs:
