@@ -415,8 +415,12 @@ def test_property_hsv_agree_with_eig_of_gramians(sys):
     Q = np.linalg.solve(np.eye(n * n) - np.kron(A.T, A.T), (C.T @ C).ravel()).reshape(n, n)
     ref = np.sort(np.sqrt(np.abs(np.linalg.eigvals(P @ Q))))[::-1]
     hs = hankel_singular_values(sys)[0, :n]
-    # the dense reference loses ~ eps * cond(I - kron(A, A)) ~ eps / (1 - |a|^2) relative to sigma_1
-    big = ref >= 1e-6 * ref[0]
+    # the dense reference loses ~ eps * cond(I - kron(A, A)) relative to sigma_1 (clustered poles near the
+    # circle make that large: hypothesis found a pair 1e-6 apart where sigma_5 = 3e-6 sigma_1 was off by
+    # 1.4e-5 in the reference while ours matched 50-digit mpmath to 1e-13), so compare only where the
+    # reference itself is good to rtol: sigma >= 1e5 * eps * cond * sigma_1
+    cond = np.linalg.cond(np.eye(n * n) - np.kron(A, A))
+    big = ref >= max(1e-6, 1e5 * np.finfo(float).eps * cond) * ref[0]
     np.testing.assert_allclose(hs[big], ref[big], rtol=1e-5)
 
 
