@@ -11,6 +11,10 @@ DEMO_DIR ?= demo_out
 # torch to install when none is present; override for another platform, e.g.
 # make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
+# Shared cores: spinning OpenMP/OpenBLAS workers on oversubscribed cores were measured 3-16x slower
+# (see edgessm/cli.py); passive waiting and one BLAS thread avoid it. Override on the command line.
+export OMP_WAIT_POLICY ?= PASSIVE
+export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: setup demo test test-slow test-all bench clean
 

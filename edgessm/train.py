@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -250,7 +251,7 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
                    "seconds": round(time.time() - t0, 1), "ranks": [b.ssm.N for b in model.blocks]}
             history.append(rec)
             bar.write(f"epoch {epoch:3d}  train loss {rec['train_loss']:.4f}  val "
-                      + "  ".join(f"{k} {v:.4f}" for k, v in val.items() if k != "n"))
+                      + "  ".join(f"{k} {v:.4f}" for k, v in val.items() if k != "n"), file=sys.stderr)
             if score > best["score"]:
                 best.update(score=score, epoch=epoch, config=model.config,
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})

@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     ck = d / "m.safetensors"
     res = run("train", "--task", "mnist1d", "-o", ck, *TINY, "--json")
-    return d, ck, json.loads(res.output[res.output.index("{"):])
+    return d, ck, json.loads(res.stdout)  # --json: stdout holds the JSON alone (logs go to stderr)
 
 
 def test_train_writes_checkpoint_with_provenance(trained):
@@ -43,7 +43,7 @@ def test_compress_finetune_export_info_eval(trained):
     d, ck, _ = trained
     small = d / "s.safetensors"
     res = run("compress", ck, "--rank", 3, "-o", small, "--report", d / "r.json", "--json")
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert summary["modes_out"] == [3, 3] and summary["bounds_hold"]
     report = json.loads((d / "r.json").read_text())
     ch = report["layers"][0]["channels"]
@@ -55,12 +55,12 @@ def test_compress_finetune_export_info_eval(trained):
     assert edgessm.load(tuned).provenance["parent"]["path"] == str(small)
     onnx_path = d / "t.onnx"
     res = run("export", "--onnx", tuned, "-o", onnx_path, "--verify-steps", 50, "--json")
-    assert json.loads(res.output)["parity"]["step"]
-    info = json.loads(run("info", onnx_path, "--json").output)
+    assert json.loads(res.stdout)["parity"]["step"]
+    info = json.loads(run("info", onnx_path, "--json").stdout)
     assert info["kind"] == "onnx"
-    info = json.loads(run("info", small, "--json").output)
+    info = json.loads(run("info", small, "--json").stdout)
     assert info["modes_per_layer"] == [3, 3] and info["provenance"]["reduction"]["bounds_hold"]
-    ev = json.loads(run("eval", tuned, "--task", "mnist1d", "--task-option", "num_samples=600", "--json").output)
+    ev = json.loads(run("eval", tuned, "--task", "mnist1d", "--task-option", "num_samples=600", "--json").stdout)
     assert 0.0 <= ev["accuracy"] <= 1.0 and ev["n"] == 120
 
 
@@ -96,7 +96,7 @@ def test_compress_marginal_layer_names_layer_and_channel(trained, tmp_path):
 def test_horizon_auto_and_explicit(trained):
     d, ck, _ = trained
     res = run("compress", ck, "--rank", 3, "--horizon", "auto", "-o", d / "h.safetensors", "--json")
-    s = json.loads(res.output)
+    s = json.loads(res.stdout)
     assert s["selector"]["horizon"] == 40 and s["layers"][0]["method"] == "balanced-horizon"
 
 
@@ -133,7 +133,7 @@ def test_in_training_reduction_records_schedule(tmp_path):
     ck = tmp_path / "r.safetensors"
     res = run("train", "--task", "mnist1d", "-o", ck, *TINY[:-1], "--epochs", "2", "--reduce-rank", "3",
               "--reduce-until", "0.5", "--quiet", "--json")
-    out = json.loads(res.output[res.output.index("{"):])
+    out = json.loads(res.stdout)
     assert out["ranks"] == [3, 3]
     sched = edgessm.load(ck).provenance["rank_schedule"]
     assert sched[0]["ranks"] == [6, 6] and sched[1]["ranks"] == [3, 3] and sched[1]["epoch"] == 1
