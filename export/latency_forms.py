@@ -24,6 +24,7 @@ import numpy as np
 from onnx import helper
 
 from . import graph as G
+from .bench import interleaved_latency
 from .lowering import step_elementwise, step_matrices
 
 MS = "com.microsoft"
@@ -100,25 +101,6 @@ def build_form(mp, ssm="cpu", split_glu=True, skipln=False):
     return model
 
 
-def _time(sessions: dict, feeds: dict, rounds: int, calls: int) -> dict:
-    for k, s in sessions.items():
-        for _ in range(200):
-            s.run(None, feeds[k])
-    p50 = {k: [] for k in sessions}
-    p99 = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            f, ts = feeds[k], np.empty(calls)
-            for i in range(calls):
-                t0 = time.perf_counter()
-                s.run(None, f)
-                ts[i] = time.perf_counter() - t0
-            a, b = np.percentile(ts, [50, 99]) * 1e6
-            p50[k].append(a)
-            p99[k].append(b)
-    return {k: (float(np.median(p50[k])), float(np.median(p99[k]))) for k in sessions}
-
-
 def main(argv=None) -> dict:
     import torch
 
@@ -185,7 +167,7 @@ def main(argv=None) -> dict:
     sessions["floor (1 node)"] = V.session(floor_model_bytes((built["default"][0].config.d_input,)))
     feeds["floor (1 node)"] = {"x": np.ones((1, built["default"][0].config.d_input), np.float32)}
     out["floor (1 node)"] = {"nodes": 1, "ort_nodes": 1}
-    lat = _time(sessions, feeds, a.rounds, a.calls)
+    lat = interleaved_latency(sessions, feeds, a.rounds, a.calls)
     fl = lat["floor (1 node)"][0]
     print(f"{a.layers} layers x H={a.d_model} x N={a.d_state}; batch 1, 1 thread, CPU provider, session.run; "
           f"p50/p99 = median over {a.rounds} interleaved rounds of {a.calls} calls"
