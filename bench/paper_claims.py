@@ -104,15 +104,17 @@ def run(a) -> dict:
     wd = Path(a.workdir)
     wd.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(a, wd)
+    # finished runs of every arm, so that a filtered run sees its cached inputs (e.g. full_s0) as done
+    done = {j.name for j in jobs if (wd / f"{j.name}.json").exists()}
     if a.arms:  # run only these arms (their inputs must exist or be among them)
         keep = set(a.arms.split(","))
         jobs = [j for j in jobs if (j.name.rsplit("_r", 1)[0] if "_r" in j.name else j.name.rsplit("_s", 1)[0]) in keep]
-    done = {j.name for j in jobs if (wd / f"{j.name}.json").exists()}
     pending = [j for j in jobs if j.name not in done]
+    done_here = sum(j.name in done for j in jobs)
     failed: set[str] = set()
     running: list[Job] = []
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    print(f"{len(done)} cached, {len(pending)} to run", flush=True)
+    print(f"{done_here} cached, {len(pending)} to run", flush=True)
     outs: dict[str, list[str]] = {}
 
     def start(j: Job):

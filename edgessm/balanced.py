@@ -365,6 +365,8 @@ def _search_orders(bal: _Balancer, r: np.ndarray, k0: np.ndarray, horizon: int |
     H = r.size
     k = np.minimum(k0, bal.max_order)  # (H)
     done: dict[int, tuple[int, _Diag, int]] = {}
+    lowered = {"recon": {}, "unstable": {}}  # reason -> {channel: steps lowered}
+    worst = {"recon": 0.0, "unstable": 0.0}  # largest reconstruction loss / |lambda| seen
     todo = np.arange(H)
     while todo.size:
         nxt = []
@@ -381,14 +383,22 @@ def _search_orders(bal: _Balancer, r: np.ndarray, k0: np.ndarray, horizon: int |
                     done[int(hh)] = (int(kk), dg, j)
                     continue
                 if ok_rank[j] and not ok_recon[j]:
-                    warnings.append(f"{_where(layer)}channel {hh}: re-diagonalisation at order {kk} lost "
-                                    f"{dg.recon[j]:.3g} (> {floor[j]:.3g}); order lowered")
+                    lowered["recon"][int(hh)] = lowered["recon"].get(int(hh), 0) + 1
+                    worst["recon"] = max(worst["recon"], float(dg.recon[j] / max(floor[j], 1e-300)))
                 elif ok_rank[j] and not ok_stable[j]:
-                    warnings.append(f"{_where(layer)}channel {hh}: reduced system at order {kk} is unstable "
-                                    f"(|lambda| = {dg.radius[j]:.6g}); order lowered")
+                    lowered["unstable"][int(hh)] = lowered["unstable"].get(int(hh), 0) + 1
+                    worst["unstable"] = max(worst["unstable"], float(dg.radius[j]))
                 k[hh] = kk - 1  # one order at a time: the eigenvalue structure changes with k
                 nxt.append(hh)
         todo = np.array(sorted(nxt), dtype=int)
+    # one summary line per reason (a line per channel and order was hundreds of lines per layer)
+    for reason, text in (("recon", "the re-diagonalised system lost more than allowed (worst {w:.3g}x the allowance)"),
+                         ("unstable", "the reduced system was unstable (largest |lambda| {w:.6g})")):
+        ch = lowered[reason]
+        if ch:
+            listed = sorted(ch)[:8]
+            warnings.append(f"{_where(layer)}{len(ch)} of {H} channels (e.g. {listed}): {text.format(w=worst[reason])}; "
+                            f"order lowered by {sum(ch.values())} steps in all, {max(ch.values())} at most")
     return k, done
 
 
