@@ -27,6 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click  # noqa: E402
 
+from .config import ModelConfig, TrainConfig  # noqa: E402
 from .errors import EdgeSSMError  # noqa: E402
 
 # ---- plumbing ----------------------------------------------------------------------------
@@ -205,18 +206,15 @@ def _result_dict(res, data, output: str, prov: dict[str, Any]) -> dict[str, Any]
 @task_option
 @task_options_option
 @out_option
-@dataclass_options(__import__("edgessm.config", fromlist=["ModelConfig"]).ModelConfig,
-                   skip=("d_input", "d_output", "vocab_size", "task_type"), prefix="m_")
-@dataclass_options(__import__("edgessm.train", fromlist=["TrainConfig"]).TrainConfig, prefix="t_")
+@dataclass_options(ModelConfig, skip=("d_input", "d_output", "vocab_size", "task_type"), prefix="m_")
+@dataclass_options(TrainConfig, prefix="t_")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @json_option
 def train(task, task_option_items, output, m_overrides, t_overrides, quiet, as_json):
     """Train a DSS/S4D model on a task and save the best checkpoint (by validation) to -o."""
     import torch
 
-    from .config import ModelConfig
     from .model import SSMModel
-    from .train import TrainConfig
 
     tcfg = TrainConfig(**t_overrides)
     tcfg.validate()
@@ -251,14 +249,13 @@ def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:
 @task_option
 @task_options_option
 @out_option
-@dataclass_options(__import__("edgessm.train", fromlist=["TrainConfig"]).TrainConfig, prefix="t_",
+@dataclass_options(TrainConfig, prefix="t_",
                    skip=("reduce_energy", "reduce_rank", "reduce_until", "reduce_min_drop", "reduce_horizon"))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @json_option
 def finetune(model_path, task, task_option_items, output, t_overrides, quiet, as_json):
     """Main training of a (compressed) model from its current parameters (Ezoe & Sato 2024)."""
     from .checkpoint import file_sha256, load
-    from .train import TrainConfig
 
     model = load(model_path)
     tcfg = TrainConfig(**t_overrides)
