@@ -83,6 +83,8 @@ class LayerReport:
             "layer": self.layer, "method": red.method, "horizon": red.horizon,
             "modes_in": int(red.hsv.shape[1] // 2), "modes_out": int(self.system.N),
             "real_states_in": int(red.full_order.sum()), "real_states_out": int(self.system.real_state_dims().sum()),
+            # a layer keeps one N (the largest channel rank); energy/tol choose a rank per channel
+            "channel_rank_median": float(np.median(red.rank)), "channel_rank_max": int(red.rank.max()),
             "max_bound": _num(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None,
             "max_measured_hinf": _num(self.measured_hinf.max()),
             "max_relative_error": _num(np.max(self.measured_hinf / np.maximum(self.gain, 1e-300))),
@@ -210,15 +212,19 @@ def summary_table(s: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.3g}"
 
     rows = [[l["layer"], l["method"] + (f" (L={l['horizon']})" if l.get("horizon") else ""),
-             f"{l['modes_in']} -> {l['modes_out']}", f"{l['real_states_in']} -> {l['real_states_out']}",
+             f"{l['modes_in']} -> {l['modes_out']}", f"{l['channel_rank_median']:g} / {l['channel_rank_max']}",
+             f"{l['real_states_in']} -> {l['real_states_out']}",
              f(l["max_bound"]), f(l["max_measured_hinf"]), f(l["max_relative_error"]),
              f(l.get("max_horizon_error")), "yes" if l["bound_holds"] else "NO", len(l["warnings"])]
             for l in s["layers"]]
-    head = ["layer", "method", "modes/channel", "real states (layer)", "max bound", "max ||G-Gr||inf",
+    head = ["layer", "method", "modes/channel", "channel rank median/max", "real states (layer)", "max bound", "max ||G-Gr||inf",
             "max rel err", "max L-step err", "bound holds", "warnings"]
     lines = [table(head, rows),
              f"step state: {s['step_state_floats_in']} -> {s['step_state_floats_out']} floats; "
              f"parameters: {s['parameters_in']:,} -> {s['parameters_out']:,}; written {s['output']}"]
+    if s["selector"]["energy"] is not None or s["selector"]["tol"] is not None:
+        lines.append("note: each layer keeps one size, its largest channel rank; channels that need fewer modes are "
+                     "padded. Use --rank (or --layer-rank) for a fixed size.")
     for l in s["layers"]:
         lines += [f"warning: {w}" for w in l["warnings"][:3]]
     return "\n".join(lines)
