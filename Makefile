@@ -38,5 +38,11 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The benchmark scripts whose results are kept in docs/ (minutes on 2 cores; compare ratios, not absolutes).
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_reduction.py --repeats 3 --subset 12
+	OMP_NUM_THREADS=1 $(BIN)/python -m edgessm.export.latency_forms --design
+	$(BIN)/python bench/long_stream.py --steps 100000 --fp16 --skip-deep
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info .pytest_cache .hypothesis
