@@ -140,7 +140,8 @@ def _ranks(rank: int | np.ndarray, H: int, N: int, layer: object | None) -> np.n
     bad = (r <= 0) | (r >= N)
     if bad.any():
         h = int(np.flatnonzero(bad)[0])
-        raise RankError(f"{_where(layer)}rank {int(r[h])} for channel {h} is out of range; "
+        which = "" if np.ndim(rank) == 0 else f" for channel {h}"  # a scalar rank applies to every channel
+        raise RankError(f"{_where(layer)}rank {int(r[h])}{which} is out of range; "
                         f"use 1 <= rank <= {N - 1} (N = {N} stored modes; rank {N} would not reduce)")
     return np.array(r)
 

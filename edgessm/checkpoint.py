@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .report import json_default
 
 __all__ = ["save", "load", "read_metadata", "file_sha256", "FORMAT_VERSION", "atomic_write"]
 
@@ -68,19 +69,13 @@ def save(model: torch.nn.Module, path: str | os.PathLike, provenance: Optional[d
     meta = {
         "edgessm.format_version": str(FORMAT_VERSION),
         "edgessm.config": model.config.to_json(),
-        "edgessm.provenance": json.dumps(prov, sort_keys=True, default=_json_default),
+        "edgessm.provenance": json.dumps(prov, sort_keys=True, default=json_default),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_write(path, "checkpoint") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     model.provenance = prov
     return Path(path)
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:

@@ -12,7 +12,6 @@ import functools
 import json
 import sys
 import typing
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import os
@@ -29,6 +28,7 @@ import click  # noqa: E402
 
 from .config import ModelConfig, TrainConfig  # noqa: E402
 from .errors import EdgeSSMError  # noqa: E402
+from .report import json_default  # noqa: E402
 
 # ---- plumbing ----------------------------------------------------------------------------
 
@@ -49,17 +49,9 @@ class _Group(click.Group):
 
 def _emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True, default=_json_default))
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=json_default))
     else:
         click.echo(human(result))
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def _scalar_type(tp: Any) -> Optional[type]:

@@ -1,7 +1,6 @@
 """Human-readable tables and the `edgessm info` description of checkpoints and ONNX graphs."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,5 +51,10 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy values and paths; anything else is a TypeError."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

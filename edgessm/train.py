@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -240,7 +239,3 @@ def _rebuild_optimizer(old: torch.optim.Optimizer, old_model: SSMModel, model: S
             new.state[p] = old.state[q]
     return new
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
