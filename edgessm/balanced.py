@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import RankError, UnstableSystemError
-from .gramians import (cauchy_real_factor, dense_pivoted_cholesky, doubled_realisation,
+from .gramians import (cauchy_real_factor_chunk, dense_pivoted_cholesky, doubled_realisation,
                        horizon_gramian, real_gramian, real_rows)
+from .parallel import map_chunks
 from .ssm import DiagonalSSM
 
 __all__ = ["Reduction", "balanced_truncation", "hankel_singular_values", "modal_truncation",
@@ -62,6 +63,10 @@ HSV_NOISE_RTOL = 1e-13
 RECON_BOUND_FRACTION = 0.1
 RECON_ATOL_REL = 1e-12
 RECON_L = 128
+
+# Channels per thread task (parallel.map_chunks): big enough to amortise numpy's per-call cost,
+# small enough for the pivoted Cholesky's (h, N) temporaries to stay in cache.
+BALANCER_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -159,12 +164,47 @@ def _one_selector(rank, energy, tol, layer) -> None:
 # ---- frequency-domain helpers ----------------------------------------------------------------
 
 def _tf(sys: DiagonalSSM, omega: np.ndarray) -> np.ndarray:
-    """c(H F): transfer function at per-channel frequencies omega r(H F) (ssm.transfer_function, batched)."""
+    """c(H F): transfer function at per-channel frequencies omega r(H F) (ssm.transfer_function, batched).
+
+    A mode and its conjugate share one division: z CB / (z - A) + z conj(CB) / (z - conj A)
+    = z (2 Re(CB) z - 2 Re(CB conj A)) / ((z - A)(z - conj A)); the denominator stays a product of
+    the two differences, so it keeps full relative accuracy next to a pole near the circle.
+    """
     z = np.exp(1j * omega)[:, None, :]  # (H 1 F)
-    CB = (sys.C * sys.B)[:, :, None]  # (H N 1)
+    CB = sys.C * sys.B  # (H N)
     A = sys.A[:, :, None]  # (H N 1)
-    G = np.sum(z * CB / (z - A) + z * np.conj(CB) / (z - np.conj(A)), axis=1)  # (H F)
+    p = (2.0 * CB.real)[:, :, None]  # (H N 1)
+    q = (2.0 * (CB * np.conj(sys.A)).real)[:, :, None]  # (H N 1)
+    G = np.sum(z * (p * z - q) / ((z - A) * (z - np.conj(A))), axis=1)  # (H F)
     return G + sys.D[:, None]
+
+
+def _tf_uniform(sys: DiagonalSSM, n_grid: int, block: int = 64) -> np.ndarray:
+    """c(H n_grid): G at omega = linspace(0, pi, n_grid) exactly, by the FFT of the periodised impulse response.
+
+    With P = 2 (n_grid - 1) samples, h~_t = sum_m h_{t + m P} = D [t = 0] + 2 Re(sum C B A^t / (1 - A^P))
+    (t < P), and its DFT is G(e^{2 pi i j / P}). The powers A^t, t = b q + l, come from two short
+    cumulative products and one batched matmul: h~_{bq+l} = 2 Re sum_n (w_n A_n^{bq}) A_n^l.
+    Needs P % block == 0.
+    """
+    P = 2 * (n_grid - 1)
+    Q = P // block
+    A = sys.A.astype(np.complex128)  # (H N)
+    H, N = A.shape
+    nz = A != 0  # (H N) a mode with A = 0 only feeds h_0
+    logA = np.log(np.where(nz, A, 1.0))  # (H N)
+    w = sys.C * sys.B / np.where(nz, -np.expm1(P * logA), 1.0)  # (H N) CB / (1 - A^P), accurate near |A| = 1
+    V = np.empty((H, N, block), np.complex128)  # (H N b)
+    V[:, :, 0] = 1.0
+    V[:, :, 1:] = A[:, :, None]
+    np.cumprod(V, axis=2, out=V)  # A^l
+    W = np.empty((H, N, Q), np.complex128)  # (H N Q)
+    W[:, :, 0] = w
+    W[:, :, 1:] = (V[:, :, -1] * A)[:, :, None]
+    np.cumprod(W, axis=2, out=W)  # w A^(b q)
+    ht = 2.0 * (np.swapaxes(W, 1, 2) @ V).real.reshape(H, P)  # (H P) ht[b q + l]
+    ht[:, 0] += sys.D
+    return np.fft.rfft(ht, axis=1)  # (H n_grid)
 
 
 def error_system(sys: DiagonalSSM, red: DiagonalSSM) -> DiagonalSSM:
@@ -172,38 +212,47 @@ def error_system(sys: DiagonalSSM, red: DiagonalSSM) -> DiagonalSSM:
     return sys.concat_modes(DiagonalSSM(red.A, red.B, -red.C, -red.D))
 
 
-def hinf_norm(sys: DiagonalSSM, n_grid: int = 2048, n_peaks: int = 4, n_refine: int = 6,
-              chunk: int = 256) -> np.ndarray:
+def hinf_norm(sys: DiagonalSSM, n_grid: int = 2049, n_peaks: int = 8, n_refine: int = 12,
+              chunk: int = 128) -> np.ndarray:
     """r(H): max over omega of |G(e^{i omega})|, on a dense grid refined around the peaks.
 
-    The map is real, so omega in [0, pi]. Grid: n_grid uniform points plus every mode's |angle(A)|
-    (resonances of poles near the circle); then n_refine rounds of zooming (33 points, bracket / 16)
-    around the n_peaks largest grid values. A lower estimate of the true norm, converged to about
-    (pi / n_grid) / 16^n_refine in omega, i.e. far below float64 resolution for 1 - |A| >= 1e-6.
+    The map is real, so omega in [0, pi]. Grid: n_grid uniform points (``_tf_uniform``, an FFT, when
+    2 (n_grid - 1) is a multiple of 64; else evaluated directly) plus every mode's |angle(A)|
+    (resonances of poles near the circle); then n_refine rounds of zooming (9 points, bracket / 4)
+    around the n_peaks largest local maxima of the grid. A lower estimate of the true norm, converged to about
+    (pi / n_grid) / 4^n_refine in omega, i.e. far below float64 resolution for 1 - |A| >= 1e-6.
+    Chunks of channels run on parallel.threads() threads.
     """
-    out = np.empty(sys.H)
-    for i in range(0, sys.H, chunk):
-        s = sys.channel(slice(i, i + chunk))
+    def part(sl: slice) -> np.ndarray:
+        s = sys.channel(sl)
         h = s.H
-        grid = np.concatenate([np.broadcast_to(np.linspace(0.0, np.pi, n_grid), (h, n_grid)),
-                               np.abs(np.angle(s.A))], axis=1)  # (h F)
-        grid.sort(axis=1)
-        mag = np.abs(_tf(s, grid))  # (h F)
+        uniform = np.broadcast_to(np.linspace(0.0, np.pi, n_grid), (h, n_grid))  # (h G)
+        G_u = _tf_uniform(s, n_grid) if (2 * (n_grid - 1)) % 64 == 0 else _tf(s, uniform)  # (h G)
+        angles = np.abs(np.angle(s.A))  # (h N)
+        grid = np.concatenate([uniform, angles], axis=1)  # (h F)
+        mag = np.abs(np.concatenate([G_u, _tf(s, angles)], axis=1))  # (h F)
+        order = np.argsort(grid, axis=1, kind="stable")  # (h F)
+        grid, mag = np.take_along_axis(grid, order, axis=1), np.take_along_axis(mag, order, axis=1)
         best = mag.max(axis=1)  # (h)
-        top = np.argsort(mag, axis=1)[:, -n_peaks:]  # (h P)
+        # the n_peaks largest LOCAL maxima: the largest samples alone cluster around one peak, and a
+        # narrow resonance of the error system (between the grid points) can be higher than it
+        ext = np.pad(mag, ((0, 0), (1, 1)), constant_values=-1.0)  # (h F+2)
+        is_max = (mag >= ext[:, :-2]) & (mag >= ext[:, 2:])  # (h F)
+        top = np.argsort(np.where(is_max, mag, -1.0), axis=1)[:, -n_peaks:]  # (h P)
         lo = np.take_along_axis(grid, np.maximum(top - 1, 0), axis=1)  # (h P)
         hi = np.take_along_axis(grid, np.minimum(top + 1, grid.shape[1] - 1), axis=1)  # (h P)
-        t = np.linspace(0.0, 1.0, 33)  # (33)
+        t = np.linspace(0.0, 1.0, 9)  # (9)
         for _ in range(n_refine):
-            w = lo[:, :, None] + (hi - lo)[:, :, None] * t  # (h P 33)
-            m = np.abs(_tf(s, w.reshape(h, -1))).reshape(w.shape)  # (h P 33)
+            w = lo[:, :, None] + (hi - lo)[:, :, None] * t  # (h P 9)
+            m = np.abs(_tf(s, w.reshape(h, -1))).reshape(w.shape)  # (h P 9)
             best = np.maximum(best, m.max(axis=(1, 2)))
             j = np.argmax(m, axis=2)[:, :, None]  # (h P 1)
-            step = ((hi - lo) / 32.0)[:, :, None]  # (h P 1)
+            step = ((hi - lo) / 8.0)[:, :, None]  # (h P 1) the new bracket is 2 spacings: / 4
             c = np.take_along_axis(w, j, axis=2)  # (h P 1)
             lo, hi = np.clip(c - step, 0, np.pi)[:, :, 0], np.clip(c + step, 0, np.pi)[:, :, 0]
-        out[i:i + h] = best
-    return out
+        return best
+
+    return np.concatenate(map_chunks(part, sys.H, chunk)) if sys.H else np.zeros(0)
 
 
 def horizon_operator_error(sys: DiagonalSSM, red: DiagonalSSM, L: int) -> np.ndarray:
@@ -246,9 +295,9 @@ class _Balancer:
 
     FP: np.ndarray  # r(H n K)
     FQ: np.ndarray  # r(H n K)
-    U: np.ndarray  # r(H K K)
+    U: np.ndarray | None  # r(H K K) (None when built for values only)
     S: np.ndarray  # r(H K) descending
-    Vt: np.ndarray  # r(H K K)
+    Vt: np.ndarray | None  # r(H K K)
     a: np.ndarray  # c(H N) mode nodes (real-coordinate A blocks)
     Breal: np.ndarray  # r(H n)
     Creal: np.ndarray  # r(H n) of the standard realisation (C' = C A)
@@ -261,13 +310,14 @@ class _Balancer:
         return np.sum(self.S > HSV_NOISE_RTOL * s1, axis=1)
 
 
-def _balancer(sys: DiagonalSSM, horizon: int | None) -> _Balancer:
+def _balancer(sys: DiagonalSSM, horizon: int | None, vectors: bool = True) -> _Balancer:
+    """Factors, HSVs and (vectors=True) singular vectors of every channel of sys (one thread's chunk)."""
     alpha, beta, gamma, Dstd = doubled_realisation(sys)  # (H M) x3, (H)
     real = sys.real_modes() | ~(sys.active_modes())  # (H N) inactive modes behave as (empty) real ones
     N = sys.N
     if horizon is None:
-        FP = cauchy_real_factor(alpha, beta, real)  # (H n K)
-        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real)  # (H n K)
+        FP = cauchy_real_factor_chunk(alpha, beta, real)  # (H n K)
+        FQ = cauchy_real_factor_chunk(np.conj(alpha), np.conj(gamma), real)  # (H n K)
     else:
         # window y_0..y_{L-1}: its strictly causal part is the Toeplitz of h_1..h_{L-1} = C' A^{0..L-2} B,
         # so both Gramians sum L - 1 terms of the standard realisation
@@ -277,7 +327,11 @@ def _balancer(sys: DiagonalSSM, horizon: int | None) -> _Balancer:
     K = max(FP.shape[2], FQ.shape[2])
     FP = np.pad(FP, ((0, 0), (0, 0), (0, K - FP.shape[2])))
     FQ = np.pad(FQ, ((0, 0), (0, 0), (0, K - FQ.shape[2])))
-    U, S, Vt = np.linalg.svd(np.swapaxes(FQ, 1, 2) @ FP)  # (H K K), (H K), (H K K)
+    Mf = np.swapaxes(FQ, 1, 2) @ FP  # (H K K)
+    if vectors:
+        U, S, Vt = np.linalg.svd(Mf)  # (H K K), (H K), (H K K)
+    else:  # gesdd without vectors is ~3x cheaper
+        U, S, Vt = None, np.linalg.svd(Mf, compute_uv=False), None
     Breal = real_rows(beta[:, :, None], real)[:, :, 0].real  # (H n)
     Creal = real_rows(np.conj(gamma)[:, :, None], real)[:, :, 0].real  # (H n): C W^H = conj(W conj(C)^T)^T
     a = np.where(real, alpha[:, :N].real, alpha[:, :N])  # (H N)
@@ -304,6 +358,21 @@ class _Diag:
     recon: np.ndarray  # r(h) l1 impulse-response difference diagonal vs real balanced (RECON_L samples)
     scale: np.ndarray  # r(h) l1 norm of the real balanced impulse response
     radius: np.ndarray  # r(h) spectral radius of the reduced system
+
+
+def _markov(Ar: np.ndarray, Br: np.ndarray, Cr: np.ndarray, L: int) -> np.ndarray:
+    """r(h L): Cr Ar^j Br for j = 0..L-1, by Krylov doubling (log2 L batched matmuls instead of L matvecs).
+
+    V = [Br, Ar Br, ..., Ar^{m-1} Br] grows to [V, Ar^m V] with Ar^m squared each round. A stable
+    reduced system keeps ||Ar^m|| bounded (in balanced coordinates Sigma^{-1/2} Ar Sigma^{1/2} is a
+    contraction), so the squarings add rounding of the same size as the L sequential matvecs did.
+    """
+    V = Br[:, :, None]  # (h k m)
+    P = Ar  # (h k k) Ar^m
+    while V.shape[2] < L:
+        V = np.concatenate([V, P @ V], axis=2)
+        P = P @ P
+    return (Cr[:, None, :] @ V[:, :, :L])[:, 0, :]  # (h L)
 
 
 def _reduce_group(bal: _Balancer, idx: np.ndarray, k: int) -> _Diag:
@@ -340,10 +409,7 @@ def _reduce_group(bal: _Balancer, idx: np.ndarray, k: int) -> _Diag:
     L = RECON_L
     hb = np.empty((h, L))
     hb[:, 0] = bal.Dstd[idx]
-    v = Br.copy()  # (h k)
-    for j in range(1, L):
-        hb[:, j] = np.einsum("hk,hk->h", Cr, v)
-        v = np.einsum("hij,hj->hi", Ar, v)
+    hb[:, 1:] = _markov(Ar, Br, Cr, L - 1)  # (h L-1)
     hd = DiagonalSSM(A, Bs, C, D).impulse_response(L)  # (h L)
     bad_zero = np.any(keep & (np.abs(lam) < 1e-300), axis=1)  # (h) lambda = 0 cannot carry C' / lambda
     recon = np.where(bad_zero, np.inf, np.sum(np.abs(hd - hb), axis=1))  # (h)
@@ -357,18 +423,43 @@ def _tail_bound(S: np.ndarray, k: np.ndarray) -> np.ndarray:
     return 2.0 * np.sum(np.where(i[None, :] >= k[:, None], S, 0.0), axis=1)
 
 
+@dataclass
+class _Lowered:
+    """Channels whose order the search lowered, by reason: {channel: steps}, and the worst value seen."""
+
+    recon: dict[int, int] = field(default_factory=dict)
+    unstable: dict[int, int] = field(default_factory=dict)
+    worst_recon: float = 0.0  # largest reconstruction loss / allowance
+    worst_unstable: float = 0.0  # largest |lambda|
+
+    def merge(self, other: "_Lowered", offset: int) -> None:
+        self.recon.update({c + offset: v for c, v in other.recon.items()})
+        self.unstable.update({c + offset: v for c, v in other.unstable.items()})
+        self.worst_recon = max(self.worst_recon, other.worst_recon)
+        self.worst_unstable = max(self.worst_unstable, other.worst_unstable)
+
+    def warnings(self, H: int, layer: object | None) -> list[str]:
+        """One summary line per reason (a line per channel and order was hundreds of lines per layer)."""
+        out = []
+        for ch, text in ((self.recon, f"the re-diagonalised system lost more than allowed (worst {self.worst_recon:.3g}x the allowance)"),
+                         (self.unstable, f"the reduced system was unstable (largest |lambda| {self.worst_unstable:.6g})")):
+            if ch:
+                listed = sorted(ch)[:8]
+                out.append(f"{_where(layer)}{len(ch)} of {H} channels (e.g. {listed}): {text}; "
+                           f"order lowered by {sum(ch.values())} steps in all, {max(ch.values())} at most")
+        return out
+
+
 def _search_orders(bal: _Balancer, r: np.ndarray, k0: np.ndarray, horizon: int | None,
-                   warnings: list[str], layer: object | None) -> tuple[np.ndarray, dict[int, tuple[int, _Diag, int]]]:
+                   lowered: _Lowered) -> tuple[np.ndarray, dict[int, tuple[int, _Diag, int]]]:
     """Largest k <= k0 per channel meeting the rank rule, the reconstruction check and (horizon) stability.
 
-    -> k (H), and per channel (group order k, index within that group's _Diag) for assembly.
+    -> k (H), and per channel (group order k, index within that group's _Diag) for assembly; channels
+    whose order had to be lowered are recorded in `lowered`.
     """
-    H = r.size
     k = np.minimum(k0, bal.max_order)  # (H)
     done: dict[int, tuple[int, _Diag, int]] = {}
-    lowered = {"recon": {}, "unstable": {}}  # reason -> {channel: steps lowered}
-    worst = {"recon": 0.0, "unstable": 0.0}  # largest reconstruction loss / |lambda| seen
-    todo = np.arange(H)
+    todo = np.arange(r.size)
     while todo.size:
         nxt = []
         for kk in np.unique(k[todo]):
@@ -384,22 +475,14 @@ def _search_orders(bal: _Balancer, r: np.ndarray, k0: np.ndarray, horizon: int |
                     done[int(hh)] = (int(kk), dg, j)
                     continue
                 if ok_rank[j] and not ok_recon[j]:
-                    lowered["recon"][int(hh)] = lowered["recon"].get(int(hh), 0) + 1
-                    worst["recon"] = max(worst["recon"], float(dg.recon[j] / max(floor[j], 1e-300)))
+                    lowered.recon[int(hh)] = lowered.recon.get(int(hh), 0) + 1
+                    lowered.worst_recon = max(lowered.worst_recon, float(dg.recon[j] / max(floor[j], 1e-300)))
                 elif ok_rank[j] and not ok_stable[j]:
-                    lowered["unstable"][int(hh)] = lowered["unstable"].get(int(hh), 0) + 1
-                    worst["unstable"] = max(worst["unstable"], float(dg.radius[j]))
+                    lowered.unstable[int(hh)] = lowered.unstable.get(int(hh), 0) + 1
+                    lowered.worst_unstable = max(lowered.worst_unstable, float(dg.radius[j]))
                 k[hh] = kk - 1  # one order at a time: the eigenvalue structure changes with k
                 nxt.append(hh)
         todo = np.array(sorted(nxt), dtype=int)
-    # one summary line per reason (a line per channel and order was hundreds of lines per layer)
-    for reason, text in (("recon", "the re-diagonalised system lost more than allowed (worst {w:.3g}x the allowance)"),
-                         ("unstable", "the reduced system was unstable (largest |lambda| {w:.6g})")):
-        ch = lowered[reason]
-        if ch:
-            listed = sorted(ch)[:8]
-            warnings.append(f"{_where(layer)}{len(ch)} of {H} channels (e.g. {listed}): {text.format(w=worst[reason])}; "
-                            f"order lowered by {sum(ch.values())} steps in all, {max(ch.values())} at most")
     return k, done
 
 
@@ -416,6 +499,64 @@ def _assemble(H: int, r_out: np.ndarray, done: dict, D_fallback: np.ndarray) -> 
     return DiagonalSSM(A, B, C, D)
 
 
+@dataclass
+class _Part:
+    """Balanced truncation of one chunk of channels (``_bt_chunk``)."""
+
+    system: DiagonalSSM  # (h, max r of the chunk)
+    k: np.ndarray  # int (h) kept real order
+    r: np.ndarray  # int (h) stored modes
+    S: np.ndarray  # r(h K) HSVs
+    max_order: np.ndarray  # int (h)
+    lowered: _Lowered
+
+
+def _bt_chunk(sys: DiagonalSSM, r: np.ndarray | None, energy: float | None, tol: float | None,
+              gain: np.ndarray | None, horizon: int | None) -> _Part:
+    """Square-root BT of a chunk of channels: factors, SVD, rank choice, order search, assembly."""
+    H, N = sys.H, sys.N
+    bal = _balancer(sys, horizon)
+    if r is None:
+        S = bal.S  # (H K)
+        if energy is not None:
+            frac = np.cumsum(S, axis=1) / np.maximum(S.sum(axis=1, keepdims=True), 1e-300)  # (H K)
+            k_sel = 1 + np.argmax(frac >= float(energy) * (1 - 1e-15), axis=1)  # (H)
+        else:
+            tails = 2.0 * (S.sum(axis=1, keepdims=True) - np.cumsum(S, axis=1))  # (H K) bound at k = 1..K
+            ok = np.concatenate([2.0 * S.sum(axis=1, keepdims=True), tails], axis=1) <= float(tol) * gain[:, None]
+            k_sel = np.where(ok.any(axis=1), np.argmax(ok, axis=1), S.shape[1])  # (H)
+        k_sel = np.minimum(k_sel, bal.max_order)
+        r = np.ones(H, dtype=np.int64)
+        for kk in np.unique(k_sel):
+            idx = np.flatnonzero(k_sel == kk)
+            r[idx] = np.maximum(_reduce_group(bal, idx, int(kk)).count, 1)
+        r = np.minimum(r, N)
+    lowered = _Lowered()
+    k, done = _search_orders(bal, r, 2 * r, horizon, lowered)
+    return _Part(_assemble(H, r, done, bal.Dstd), k, r, bal.S, bal.max_order, lowered)
+
+
+def _merge_parts(parts: list[_Part], N: int) -> tuple[DiagonalSSM, np.ndarray, np.ndarray, np.ndarray, np.ndarray, _Lowered]:
+    """Chunks back to whole-layer arrays: system padded to the largest r, HSVs to 2N, channel indices offset."""
+    Nout = max(pt.system.N for pt in parts)
+
+    def padded(sy: DiagonalSSM, name: str, fill: complex) -> np.ndarray:  # (h Nout) inactive padding modes
+        x = getattr(sy, name)
+        return np.concatenate([x, np.full((sy.H, Nout - sy.N), fill, np.complex128)], axis=1)
+
+    system = DiagonalSSM(np.concatenate([padded(pt.system, "A", PADDING_A) for pt in parts]),
+                         np.concatenate([padded(pt.system, "B", 0.0) for pt in parts]),
+                         np.concatenate([padded(pt.system, "C", 0.0) for pt in parts]),
+                         np.concatenate([pt.system.D for pt in parts]))
+    lowered = _Lowered()
+    offset = 0
+    for pt in parts:
+        lowered.merge(pt.lowered, offset)
+        offset += pt.system.H
+    cat = lambda name: np.concatenate([getattr(pt, name) for pt in parts])  # noqa: E731
+    return system, cat("k"), cat("r"), np.concatenate([_pad(pt.S, 2 * N) for pt in parts]), cat("max_order"), lowered
+
+
 def hankel_singular_values(sys: DiagonalSSM, *, horizon: int | None = None, layer: object | None = None) -> np.ndarray:
     """r(H 2N): Hankel singular values of each channel's real input-output map, descending, zero-padded.
 
@@ -423,8 +564,9 @@ def hankel_singular_values(sys: DiagonalSSM, *, horizon: int | None = None, laye
     """
     _validate(sys, layer)
     _check_horizon(horizon, layer)
-    S = _balancer(sys, horizon).S  # (H K)
-    return _pad(S, 2 * sys.N)
+    parts = map_chunks(lambda sl: _pad(_balancer(sys.channel(sl), horizon, vectors=False).S, 2 * sys.N),
+                       sys.H, BALANCER_CHUNK)  # (h 2N) each
+    return np.concatenate(parts) if parts else np.zeros((0, 2 * sys.N))
 
 
 def _pad(S: np.ndarray, n: int) -> np.ndarray:
@@ -450,36 +592,21 @@ def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, 
     2 sum_{i>k} sigma_i <= t ||G||_inf). energy and tol choose k, then r = the stored modes of that
     order-k system, then the rank rule (which can only keep more). horizon=L: horizon-aware BT.
     measure: also compute ||G - G_r||_inf on a refined grid (costs about as much as the reduction).
+    Channels are reduced in chunks on parallel.threads() threads; the result does not depend on it.
     """
     _validate(sys, layer)
     _one_selector(rank, energy, tol, layer)
     _check_horizon(horizon, layer)
     H, N = sys.H, sys.N
-    warnings: list[str] = []
-    bal = _balancer(sys, horizon)
+    r_user = _ranks(rank, H, N, layer) if rank is not None else None
+    gain = hinf_norm(sys) if tol is not None else None  # (H)
+    parts = map_chunks(lambda sl: _bt_chunk(sys.channel(sl), None if r_user is None else r_user[sl], energy, tol,
+                                            None if gain is None else gain[sl], horizon), H, BALANCER_CHUNK)
+    red, k, r, hsv, max_order, lowered = _merge_parts(parts, N)
+    warnings = lowered.warnings(H, layer)
     full = sys.real_state_dims()  # (H)
-    if rank is not None:
-        r = _ranks(rank, H, N, layer)
-    else:
-        S = bal.S  # (H K)
-        if energy is not None:
-            frac = np.cumsum(S, axis=1) / np.maximum(S.sum(axis=1, keepdims=True), 1e-300)  # (H K)
-            k_sel = 1 + np.argmax(frac >= float(energy) * (1 - 1e-15), axis=1)  # (H)
-        else:
-            gain = hinf_norm(sys)  # (H)
-            tails = 2.0 * (S.sum(axis=1, keepdims=True) - np.cumsum(S, axis=1))  # (H K) bound at k = 1..K
-            ok = np.concatenate([2.0 * S.sum(axis=1, keepdims=True), tails], axis=1) <= float(tol) * gain[:, None]
-            k_sel = np.where(ok.any(axis=1), np.argmax(ok, axis=1), S.shape[1])  # (H)
-        k_sel = np.minimum(k_sel, bal.max_order)
-        r = np.ones(H, dtype=np.int64)
-        for kk in np.unique(k_sel):
-            idx = np.flatnonzero(k_sel == kk)
-            r[idx] = np.maximum(_reduce_group(bal, idx, int(kk)).count, 1)
-        r = np.minimum(r, N)
-    k, done = _search_orders(bal, r, 2 * r, horizon, warnings, layer)
-    red = _assemble(H, r, done, bal.Dstd)
     if horizon is None:
-        bound, herr = _tail_bound(bal.S, k), None
+        bound, herr = _tail_bound(hsv, k), None
     else:
         # Time-limited BT is a heuristic: no bound, no stability guarantee, and the order search above
         # lowers k until the reduced system is stable, which can cost more than the window saves
@@ -492,7 +619,7 @@ def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, 
         # ties (long windows: both are the same reduction up to rounding) keep the horizon result; the
         # margin 1e-9 is far above the SVD's rounding of the Toeplitz norm (~1e-15 relative)
         better = e_plain < herr * (1.0 - 1e-9)  # (H)
-        no_stable = (k == 0) & (bal.max_order > 0)  # (H) no stable horizon-aware order <= 2r at all
+        no_stable = (k == 0) & (max_order > 0)  # (H) no stable horizon-aware order <= 2r at all
         use_plain = better | no_stable  # (H)
         bound = np.where(use_plain, plain.bound, np.nan)  # certified where plain BT was kept
         if no_stable.any():
@@ -508,7 +635,7 @@ def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, 
                 warnings.append(f"{_where(layer)}{int((better & ~no_stable).sum())} of {H} channels: infinite-horizon "
                                 f"balanced truncation had the lower {horizon}-step error and was used there")
     measured = hinf_norm(error_system(sys, red)) if measure else None
-    return Reduction(red, k, r, _pad(bal.S, 2 * N), full, bound, measured, horizon, herr,
+    return Reduction(red, k, r, hsv, full, bound, measured, horizon, herr,
                      "balanced" if horizon is None else "balanced-horizon", warnings)
 
 

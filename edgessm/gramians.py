@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .parallel import map_chunks
 from .ssm import DiagonalSSM
 
-__all__ = ["doubled_realisation", "cauchy_real_factor", "dense_pivoted_cholesky", "horizon_gramian",
+__all__ = ["doubled_realisation", "cauchy_real_factor", "cauchy_real_factor_chunk", "dense_pivoted_cholesky", "horizon_gramian",
            "real_rows", "real_gramian", "hankel_singular_values", "PIVOT_RTOL"]
 
 # Pivoted Cholesky stops when the largest remaining pivot is below PIVOT_RTOL times the first one.
@@ -87,7 +88,7 @@ def doubled_realisation(sys: DiagonalSSM) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL,
-                       chunk: int = 256) -> np.ndarray:
+                       chunk: int = 128) -> np.ndarray:
     """F r(H 2N K): real factor F F^T of the real-coordinate Gramian of a conjugate-symmetric Cauchy-like matrix.
 
     alpha, g c(H M) in the doubled layout of ``doubled_realisation`` (entry N + n is the partner of
@@ -101,19 +102,21 @@ def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol:
     conj(L) = Pi L Z with Pi the partner swap and Z = [[conj c, s], [s, -c]] (c = l21 / l11,
     s = l22 / l11) symmetric unitary per pair; its Takagi factor X (Z = X X^T) gives W L X real.
     K = 2 x the number of pivot steps (the largest over channels; finished channels add zeros).
+    Chunks of channels run on ``parallel.threads()`` threads.
     """
-    H, M = alpha.shape
-    N = M // 2
-    out = [_cauchy_real_factor_chunk(alpha[i:i + chunk], g[i:i + chunk], real[i:i + chunk], rtol)
-           for i in range(0, H, chunk)]
-    K = max(f.shape[2] for f in out)
-    F = np.zeros((H, 2 * N, K))  # (H 2N K)
-    for i, f in zip(range(0, H, chunk), out):
-        F[i:i + chunk, :, :f.shape[2]] = f
-    return F
+    H = alpha.shape[0]
+    out = map_chunks(lambda sl: cauchy_real_factor_chunk(alpha[sl], g[sl], real[sl], rtol), H, chunk)
+    return _hstack_padded(out)
 
 
-def _cauchy_real_factor_chunk(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float) -> np.ndarray:
+def _hstack_padded(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate r(h_i n K_i) along channels, zero-padding the factor columns to the largest K_i."""
+    K = max(f.shape[2] for f in parts)
+    return np.concatenate([np.pad(f, ((0, 0), (0, 0), (0, K - f.shape[2]))) for f in parts], axis=0)
+
+
+def cauchy_real_factor_chunk(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL) -> np.ndarray:
+    """``cauchy_real_factor`` on one chunk of channels, in the calling thread. -> r(h 2N K)."""
     H, M = alpha.shape
     N = M // 2
     rows = np.arange(H)
@@ -121,70 +124,65 @@ def _cauchy_real_factor_chunk(alpha: np.ndarray, g: np.ndarray, real: np.ndarray
     gm = np.array(g[:, :N], dtype=np.complex128)  # (H N) mode generators; partners are conj(gm)
     cplx = ~real  # (H N)
     one_minus = (1.0 - np.abs(a)) * (1.0 + np.abs(a))  # (H N) 1 - |a|^2
-    d = np.abs(gm) ** 2 / one_minus  # (H N) diagonal of mode entries (= partner entries)
+    d = (gm.real ** 2 + gm.imag ** 2) / one_minus  # (H N) diagonal of mode entries (= partner entries)
     d_first = d.max(axis=1)  # (H)
     live = d_first > 0  # (H)
     r2 = np.sqrt(0.5)
-    cols: list[np.ndarray] = []
-    for _ in range(N):
+    w_m = np.where(real, 1.0, r2)  # (H N) weight of a mode row in the real row z_re (1 for a real mode)
+    w_c = np.where(real, 0.0, r2)  # (H N) weight of its partner row (a real mode has none)
+    F = np.zeros((H, 2 * N, 2 * N))  # (H 2N 2N) real factor, two columns per pivot step
+    steps = 0
+    for step in range(N):
         p = np.argmax(d, axis=1)  # (H)
         dp = d[rows, p]  # (H)
         live &= dp > rtol * d_first
         if not live.any():
             break
+        steps = step + 1
         ap = a[rows, p][:, None]  # (H 1) pivot node
         gp = gm[rows, p][:, None]  # (H 1) pivot generator
         pc = cplx[rows, p] & live  # (H) complex pivot: eliminate the pair
-        inv = np.where(live, 1.0 / np.sqrt(np.where(live, dp, 1.0)), 0.0)[:, None]  # (H 1)
-        # column l1 = P[:, p] / sqrt(dp): rows n (nodes a) and N+n (nodes conj a, generators conj gm)
-        den_m = 1.0 - a * np.conj(ap)  # (H N) 1 - a_i conj(a_p)
-        den_c = 1.0 - np.conj(a) * np.conj(ap)  # (H N) 1 - conj(a_i) conj(a_p)
-        l1_m = gm * (np.conj(gp) * inv) / den_m  # (H N)
-        l1_c = np.conj(gm) * (np.conj(gp) * inv) / den_c  # (H N)
-        # after eliminating x_p: generators times B_p(z) = (z - a_p) / (1 - conj(a_p) z)
-        b1_m = (a - ap) / den_m  # (H N) at the mode nodes
-        b1_c = (np.conj(a) - ap) / den_c  # (H N) at the partner nodes
-        g1_m = gm * b1_m  # (H N)
-        g1_c = np.conj(gm) * b1_c  # (H N)
-        # second pivot: the partner x_p-bar (node conj a_p, generator g1_c[p])
-        gq = g1_c[rows, p][:, None]  # (H 1)
-        dq = np.abs(gq[:, 0]) ** 2 / one_minus[rows, p]  # (H)
-        inv2 = np.where(pc, 1.0 / np.sqrt(np.where(pc & (dq > 0), dq, 1.0)), 0.0)[:, None]  # (H 1)
-        inv2 = np.where((dq > 0)[:, None], inv2, 0.0)
-        den2_m = 1.0 - a * ap  # (H N) 1 - a_i conj(conj a_p)
-        den2_c = 1.0 - np.conj(a) * ap  # (H N)
-        l2_m = g1_m * (np.conj(gq) * inv2) / den2_m  # (H N)
-        l2_c = g1_c * (np.conj(gq) * inv2) / den2_c  # (H N)
-        # generator update of the modes: both Blaschke factors for a pair, one for a real pivot
-        b2_m = (a - np.conj(ap)) / den2_m  # (H N) B_{conj a_p}(a_i)
-        upd = np.where(pc[:, None], b1_m * b2_m, np.where(live[:, None], b1_m, 1.0))  # (H N)
-        gm *= upd
-        d *= np.abs(upd) ** 2
-        d[rows, p] = np.where(live, 0.0, d[rows, p])
+        inv = np.where(live, 1.0 / np.sqrt(np.where(live, dp, 1.0)), 0.0)[:, None]  # (H 1) 1 / l11
+        # the four Cauchy denominators are two and their conjugates (conj is exact in IEEE):
+        # 1 - conj(a_i) conj(a_p) = conj(1 - a_i a_p), 1 - conj(a_i) a_p = conj(1 - a_i conj a_p)
+        r1 = 1.0 / (1.0 - a * np.conj(ap))  # (H N)
+        r2_ = 1.0 / (1.0 - a * ap)  # (H N)
+        # Blaschke factors B_w(z) = (z - w) / (1 - conj(w) z) of the pivot nodes a_p and conj(a_p) at the
+        # mode nodes; at the partner nodes they are conj(b2) and conj(b1)
+        b1 = (a - ap) * r1  # (H N)
+        b2 = (a - np.conj(ap)) * r2_  # (H N)
+        # second pivot: the partner x_p-bar, node conj(a_p), generator conj(g_p) B_{a_p}(conj a_p)
+        opp = (1.0 - ap) * (1.0 + ap)  # (H 1) 1 - a_p^2
+        gq = np.conj(gp * (ap - np.conj(ap)) / opp)  # (H 1)
+        dq = (gq.real ** 2 + gq.imag ** 2)[:, 0] / one_minus[rows, p]  # (H)
+        ok2 = pc & (dq > 0)  # (H)
+        inv2 = np.where(ok2, 1.0 / np.sqrt(np.where(ok2, dq, 1.0)), 0.0)[:, None]  # (H 1)
+        # columns: l1 = P[:, p] / sqrt(dp) and l2 = S[:, p-bar] / sqrt(dq), at mode (m) and partner (c) rows
+        g1 = gm * b1  # (H N) mode generators after eliminating x_p
+        l1_m = gm * r1 * (np.conj(gp) * inv)  # (H N)
+        l1_c = np.conj(gm * r2_ * (gp * inv))  # (H N)
+        l2_m = g1 * r2_ * (np.conj(gq) * inv2)  # (H N)
+        l2_c = np.conj(gm * b2 * r1 * (gq * inv2))  # (H N)
         # realify the pair: Takagi factor X of Z = [[conj c, s], [s, -c]] (Z = X X^T)
-        c = l1_c[rows, p] * inv[:, 0]  # (H) l21 / l11
-        c = np.where(pc, c, 0.0)
+        c = np.where(pc, np.conj(gp * gp / opp)[:, 0] * inv[:, 0] ** 2, 0.0)  # (H) l21 / l11
         s = np.where(pc, np.sqrt(np.where(pc, dq, 0.0)) * inv[:, 0], 0.0)  # (H) l22 / l11
         phi = 0.5 * np.arctan2(s, c.real)  # (H) eigenvectors of Re Z = [[Re c, s], [s, -Re c]]
         rad = np.hypot(c.real, s)  # (H)
         e_plus = np.exp(0.5j * np.angle(rad - 1j * c.imag))  # (H)
         e_minus = np.exp(0.5j * np.angle(-rad - 1j * c.imag))  # (H)
-        X = np.empty((H, 2, 2), np.complex128)  # (H 2 2)
-        X[:, 0, 0] = np.cos(phi) * e_plus
-        X[:, 1, 0] = np.sin(phi) * e_plus
-        X[:, 0, 1] = -np.sin(phi) * e_minus
-        X[:, 1, 1] = np.cos(phi) * e_minus
-        X[~pc] = np.eye(2)
-        # rows to real coordinates (z = W x), then columns times X
-        Lm = np.stack([l1_m, l2_m], axis=2)  # (H N 2)
-        Lc = np.stack([l1_c, l2_c], axis=2)  # (H N 2)
-        zr = np.where(real[:, :, None], Lm, (Lm + Lc) * r2)  # (H N 2)
-        zi = np.where(real[:, :, None], 0.0, 1j * (Lc - Lm) * r2)  # (H N 2)
-        Z = np.concatenate([zr, zi], axis=1)  # (H 2N 2)
-        cols.append(np.einsum("hnk,hkj->hnj", Z, X).real)  # (H 2N 2)
-    if not cols:
-        return np.zeros((H, 2 * N, 0))
-    return np.concatenate(cols, axis=2)  # (H 2N K)
+        X = ((np.where(pc, np.cos(phi) * e_plus, 1.0), np.where(pc, np.sin(phi) * e_plus, 0.0)),
+             (np.where(pc, -np.sin(phi) * e_minus, 0.0), np.where(pc, np.cos(phi) * e_minus, 1.0)))  # X[j] = (X_0j, X_1j)
+        for j, (x0, x1) in enumerate(X):
+            v_m = l1_m * x0[:, None] + l2_m * x1[:, None]  # (H N) column j of L X, mode rows
+            v_c = l1_c * x0[:, None] + l2_c * x1[:, None]  # (H N) partner rows
+            # rows to real coordinates z = W x: z_re = (x_n + x_{N+n}) / sqrt 2, z_im = i (x_{N+n} - x_n) / sqrt 2
+            F[:, :N, 2 * step + j] = v_m.real * w_m + v_c.real * w_c
+            F[:, N:, 2 * step + j] = (v_m.imag - v_c.imag) * w_c
+        # generator update: both Blaschke factors for a pair, one for a real pivot, none when finished
+        gm = np.where(pc[:, None], g1 * b2, np.where(live[:, None], g1, gm))  # (H N)
+        d = (gm.real ** 2 + gm.imag ** 2) / one_minus  # (H N) Schur complement diagonal
+        d[rows, p] = np.where(live, 0.0, d[rows, p])
+    return F[:, :, :2 * steps]
 
 
 def horizon_gramian(alpha: np.ndarray, g: np.ndarray, L: int) -> np.ndarray:
