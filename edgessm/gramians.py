@@ -106,10 +106,10 @@ def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol:
     """
     H = alpha.shape[0]
     out = map_chunks(lambda sl: cauchy_real_factor_chunk(alpha[sl], g[sl], real[sl], rtol), H, chunk)
-    return _hstack_padded(out)
+    return _concat_padded(out)
 
 
-def _hstack_padded(parts: list[np.ndarray]) -> np.ndarray:
+def _concat_padded(parts: list[np.ndarray]) -> np.ndarray:
     """Concatenate r(h_i n K_i) along channels, zero-padding the factor columns to the largest K_i."""
     K = max(f.shape[2] for f in parts)
     return np.concatenate([np.pad(f, ((0, 0), (0, 0), (0, K - f.shape[2]))) for f in parts], axis=0)
