@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import RankError, UnstableSystemError
-from .gramians import (cauchy_real_factor_chunk, dense_pivoted_cholesky, doubled_realisation,
+from .gramians import (cauchy_real_factor, dense_pivoted_cholesky, doubled_realisation,
                        horizon_gramian, real_gramian, real_rows)
 from .parallel import map_chunks
 from .ssm import DiagonalSSM
@@ -316,8 +316,8 @@ def _balancer(sys: DiagonalSSM, horizon: int | None, vectors: bool = True) -> _B
     real = sys.real_modes() | ~(sys.active_modes())  # (H N) inactive modes behave as (empty) real ones
     N = sys.N
     if horizon is None:
-        FP = cauchy_real_factor_chunk(alpha, beta, real)  # (H n K)
-        FQ = cauchy_real_factor_chunk(np.conj(alpha), np.conj(gamma), real)  # (H n K)
+        FP = cauchy_real_factor(alpha, beta, real)  # (H n K)
+        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real)  # (H n K)
     else:
         # window y_0..y_{L-1}: its strictly causal part is the Toeplitz of h_1..h_{L-1} = C' A^{0..L-2} B,
         # so both Gramians sum L - 1 terms of the standard realisation

@@ -46,10 +46,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .parallel import map_chunks
 from .ssm import DiagonalSSM
 
-__all__ = ["doubled_realisation", "cauchy_real_factor", "cauchy_real_factor_chunk", "dense_pivoted_cholesky", "horizon_gramian",
+__all__ = ["doubled_realisation", "cauchy_real_factor", "dense_pivoted_cholesky", "horizon_gramian",
            "real_rows", "real_gramian", "hankel_singular_values", "PIVOT_RTOL"]
 
 # Pivoted Cholesky stops when the largest remaining pivot is below PIVOT_RTOL times the first one.
@@ -87,8 +86,7 @@ def doubled_realisation(sys: DiagonalSSM) -> tuple[np.ndarray, np.ndarray, np.nd
     return alpha, beta, gamma, D_std
 
 
-def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL,
-                       chunk: int = 128) -> np.ndarray:
+def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL) -> np.ndarray:
     """F r(H 2N K): real factor F F^T of the real-coordinate Gramian of a conjugate-symmetric Cauchy-like matrix.
 
     alpha, g c(H M) in the doubled layout of ``doubled_realisation`` (entry N + n is the partner of
@@ -102,21 +100,9 @@ def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol:
     conj(L) = Pi L Z with Pi the partner swap and Z = [[conj c, s], [s, -c]] (c = l21 / l11,
     s = l22 / l11) symmetric unitary per pair; its Takagi factor X (Z = X X^T) gives W L X real.
     K = 2 x the number of pivot steps (the largest over channels; finished channels add zeros).
-    Chunks of channels run on ``parallel.threads()`` threads.
+    Works on whatever channels it is given, in the calling thread (balanced.py runs it per chunk on
+    a thread pool). Temporaries are (H, N): chunks of ~128 channels keep them in cache.
     """
-    H = alpha.shape[0]
-    out = map_chunks(lambda sl: cauchy_real_factor_chunk(alpha[sl], g[sl], real[sl], rtol), H, chunk)
-    return _concat_padded(out)
-
-
-def _concat_padded(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate r(h_i n K_i) along channels, zero-padding the factor columns to the largest K_i."""
-    K = max(f.shape[2] for f in parts)
-    return np.concatenate([np.pad(f, ((0, 0), (0, 0), (0, K - f.shape[2]))) for f in parts], axis=0)
-
-
-def cauchy_real_factor_chunk(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL) -> np.ndarray:
-    """``cauchy_real_factor`` on one chunk of channels, in the calling thread. -> r(h 2N K)."""
     H, M = alpha.shape
     N = M // 2
     rows = np.arange(H)
