@@ -20,20 +20,21 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EDGESSM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def _load_with_test_cache(tmp_path_factory, name: str):
+    """Session-scoped load of a task, cached in the test session's temp dir (not the user's cache)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGESSM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield load_task(name)
+
+
 @pytest.fixture(scope="session")
 def mnist(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGESSM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    yield load_task("mnist1d")
-    mp.undo()
+    yield from _load_with_test_cache(tmp_path_factory, "mnist1d")
 
 
 @pytest.fixture(scope="session")
 def listops_default(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGESSM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    yield load_task("listops")
-    mp.undo()
+    yield from _load_with_test_cache(tmp_path_factory, "listops")
 
 
 SMALL = dict(num_train=300, num_test=100, max_len=64, min_len=16, cache=False)
