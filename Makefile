@@ -16,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0
 export OMP_WAIT_POLICY ?= PASSIVE
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-slow test-all bench clean
+.PHONY: setup demo test test-slow test-gpu test-all bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
+
+# The runtime on onnxruntime's CUDA provider (skipped without a GPU; docs/jetson.md has the recipe).
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider -rs
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--trt-cache", metavar="DIR", help="TensorRT engine cache folder (rebuild after any model, "
                     "onnxruntime, TensorRT or GPU change)")
     rt.add_argument("--no-trt-fp16", action="store_true", help="TensorRT in fp32")
+    rt.add_argument("--tf32", action="store_true", help="CUDA provider: float32 MatMul/Gemm in TF32 on Ampere+ GPUs "
+                    "(~1e-3 relative error; off by default)")
     rt.add_argument("--no-io-binding", action="store_true", help="plain session.run with host states (debugging)")
     b = ap.add_argument_group("benchmark")
     b.add_argument("--bench", type=int, metavar="N", help="time N steps after warm-up: p50/p90/p99 latency, steps/s, "
@@ -112,7 +114,7 @@ def _main(args) -> int:
     sess = StreamingSession(args.model, provider=provider, batch=batch, threads=args.threads,
                             cuda_graph=args.cuda_graph, trt_fp16=not args.no_trt_fp16, trt_cache_dir=args.trt_cache,
                             chunk_path=args.chunk, device_id=args.device_id, io_binding=not args.no_io_binding,
-                            check_finite=args.check_finite)
+                            check_finite=args.check_finite, tf32=args.tf32)
     report_to = sys.stderr if (args.input is not None and out_kind == "-") else sys.stdout
 
     if args.info:

@@ -47,8 +47,24 @@ class ProviderPlan:
         return self.providers[0][0]
 
 
+# The CUDA provider's `use_tf32` option (onnxruntime >= 1.14 by our reading of its history; older builds
+# reject unknown options, so it is only passed from there on). Its default is on: MatMul/Gemm on Ampere and
+# newer GPUs then round float32 operands to 10 mantissa bits, which measured 2e-4 to 6e-2 relative error
+# on the step graphs' outputs on an H100 (docs/jetson.md) against the export bar of 1e-4.
+MIN_ORT_USE_TF32 = (1, 14)
+
+
+def _version(v: str) -> tuple[int, ...]:
+    """'1.31.1' -> (1, 31); tolerant of suffixes like '1.18.0+cu12' or '1.16.0rc1'."""
+    parts = []
+    for piece in v.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 def _provider_options(name: str, *, device_id: int, cuda_graph: bool, trt_fp16: bool,
-                      trt_cache_dir: Optional[str]) -> dict[str, Any]:
+                      trt_cache_dir: Optional[str], tf32: bool = False) -> dict[str, Any]:
     if name == TRT:
         opts: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": bool(trt_fp16)}
         if trt_cache_dir:
@@ -60,18 +76,20 @@ def _provider_options(name: str, *, device_id: int, cuda_graph: bool, trt_fp16: 
         opts = {"device_id": device_id}
         if cuda_graph:
             opts["enable_cuda_graph"] = "1"
+        if _version(_ort().__version__) >= MIN_ORT_USE_TF32:
+            opts["use_tf32"] = "1" if tf32 else "0"
         return opts
     return {}
 
 
 def plan_providers(provider: ProviderArg = "auto", *, available: Optional[Sequence[str]] = None,
                    device_id: int = 0, cuda_graph: bool = False, trt_fp16: bool = True,
-                   trt_cache_dir: Optional[str] = None) -> ProviderPlan:
+                   trt_cache_dir: Optional[str] = None, tf32: bool = False) -> ProviderPlan:
     """Turn the user's provider choice into onnxruntime's ``providers=`` list."""
     if available is None:
         available = _ort().get_available_providers()
     available = list(available)
-    kw = dict(device_id=device_id, cuda_graph=cuda_graph, trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
+    kw = dict(device_id=device_id, cuda_graph=cuda_graph, trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir, tf32=tf32)
     notes: list[str] = []
 
     if isinstance(provider, str) and provider.lower() == "auto":

@@ -33,7 +33,7 @@ import numpy as np
 
 from .contract import GraphSpec, TensorSpec, read_graph_spec
 from .errors import RuntimeInputError, RuntimeModelError, RuntimeProviderError
-from .providers import CUDA, TRT, ProviderArg, create_session, plan_providers, session_options
+from .providers import CUDA, TRT, ProviderArg, _version, create_session, plan_providers, session_options
 
 __all__ = ["StreamingSession"]
 
@@ -51,14 +51,6 @@ def _ort():
 # merged March 2024): believed to ship from 1.18; older versions would ignore the id and replay one
 # graph for both ping-pong directions (wrong state), hence the gate and the start-up self-check.
 MIN_ORT_CUDA_GRAPH_IDS = (1, 18)
-
-
-def _version(v: str) -> tuple[int, ...]:
-    parts = []
-    for piece in v.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
 
 
 def _shape_str(shape) -> str:
@@ -213,6 +205,8 @@ class StreamingSession:
     threads: CPU provider intra-op threads (default 1: lowest latency for one small step).
     cuda_graph: capture the step as CUDA graphs (CUDA provider only; double-buffered, two graph ids).
     trt_fp16, trt_cache_dir: TensorRT fp16 kernels and the engine cache folder (None: no cache).
+    tf32: let the CUDA provider run float32 MatMul/Gemm in TF32 on Ampere and newer GPUs (faster for
+        large products, ~1e-3 relative error; off by default, onnxruntime's own default is on).
     chunk_path: optional chunk graph (same states) that ``run`` uses for whole chunks of T steps.
     io_binding: keep states in bound device buffers (default); False uses plain ``session.run``.
     check_finite: reject NaN/Inf inputs (costs a pass over each input).
@@ -226,7 +220,7 @@ class StreamingSession:
                  threads: Optional[int] = None, cuda_graph: bool = False, trt_fp16: bool = True,
                  trt_cache_dir: Optional[str] = None, *, chunk_path: Optional[Union[str, os.PathLike]] = None,
                  device_id: int = 0, io_binding: bool = True, check_finite: bool = False,
-                 verify_cuda_graph: bool = True, log_level: int = 3):
+                 verify_cuda_graph: bool = True, log_level: int = 3, tf32: bool = False):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RuntimeInputError(f"batch must be a positive integer (number of streams), got {batch!r}")
         if cuda_graph and not io_binding:
@@ -242,8 +236,9 @@ class StreamingSession:
         if self.cuda_graph and _version(_ort().__version__) < MIN_ORT_CUDA_GRAPH_IDS:
             raise RuntimeProviderError(f"cuda_graph needs onnxruntime >= {'.'.join(map(str, MIN_ORT_CUDA_GRAPH_IDS))} "
                                        f"(per-run gpu_graph_id); this is {_ort().__version__}: drop --cuda-graph")
+        self.tf32 = bool(tf32)
         self.provider_plan = plan_providers(provider, device_id=device_id, cuda_graph=cuda_graph,
-                                            trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
+                                            trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir, tf32=tf32)
         so = session_options(threads, log_level)
         self._sess, self.fallback = create_session(model, self.provider_plan, so, self.model_label)
         self.spec = read_graph_spec(self._sess, self.model_label)
@@ -262,7 +257,7 @@ class StreamingSession:
         self.chunk_spec: Optional[GraphSpec] = None
         if chunk_path is not None:
             chunk_plan = plan_providers(provider, device_id=device_id, cuda_graph=False,
-                                        trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
+                                        trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir, tf32=tf32)
             label = os.fspath(chunk_path)
             chunk_sess, _ = create_session(label, chunk_plan, session_options(threads, log_level), label)
             self.chunk_spec = read_graph_spec(chunk_sess, label)

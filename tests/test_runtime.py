@@ -287,6 +287,8 @@ def test_provider_plans():
     plan = plan_providers("auto", available=avail, cuda_graph=True)
     assert [n for n, _ in plan.providers] == avail[1:]  # TensorRT keeps one graph: skipped
     assert plan.providers[0][1]["enable_cuda_graph"] == "1"
+    assert plan.providers[0][1]["use_tf32"] == "0"  # TF32 MatMuls miss the 1e-4 parity bar on Ampere+ GPUs
+    assert plan_providers("cuda", available=avail, tf32=True).providers[0][1]["use_tf32"] == "1"
     plan = plan_providers("tensorrt", available=avail, trt_fp16=False)
     assert [n for n, _ in plan.providers] == avail and plan.strict
     assert plan.providers[0][1]["trt_fp16_enable"] is False and "trt_engine_cache_enable" not in plan.providers[0][1]
