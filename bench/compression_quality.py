@@ -20,6 +20,12 @@ provider (`python -m edgessm.runtime M.onnx --bench N --json --threads 1 --provi
 `edgessm export --onnx`):
 
     python bench/compression_quality.py latency full.safetensors bt_r8.safetensors --steps 3000 --rounds 3
+
+On a GPU machine add the eager step on the GPU and the runtime on the CUDA provider, with and without
+CUDA graphs, in the same rounds (runtime configurations are NAME[@EXPORT_TARGET]):
+
+    python bench/compression_quality.py latency full.safetensors bt_r8.safetensors --torch-devices cpu,cuda \\
+        --runtimes cpu,cuda,cuda-graph,cuda-graph@cpu
 """
 from __future__ import annotations
 
@@ -111,20 +117,52 @@ def plot(layers: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def torch_step_times(model, n: int, warmup: int = 200) -> np.ndarray:
-    """us per eager step, batch 1 (torch threads set by the caller)."""
+def torch_step_times(model, n: int, warmup: int = 200, device: str = "cpu") -> np.ndarray:
+    """us per eager step, batch 1 (torch threads set by the caller).
+
+    On a GPU the step takes x from the host and hands y back to it (``y.cpu()`` waits for the
+    step's kernels), the same IO the runtime's step pays; the state stays on the device.
+    """
     import torch
 
+    model = model.to(device)
     with torch.no_grad():
         state, cache = model.init_state(1), model.step_cache()
-        x = torch.randn(1, model.config.d_input)  # (B=1 d_input)
+        x = torch.randn(1, model.config.d_input)  # (B=1 d_input), host
         t = np.empty(n)
         for i in range(n + warmup):
             t0 = time.perf_counter_ns()
-            _, state = model.step(x, state, cache)
+            y, state = model.step(x.to(device), state, cache)
+            y.cpu()
             if i >= warmup:
                 t[i - warmup] = (time.perf_counter_ns() - t0) / 1e3
     return t
+
+
+# runtime configurations: name -> (provider, extra runtime flags, default export target)
+RUNTIMES = {"cpu": ("cpu", [], "cpu"), "cuda": ("cuda", [], "cuda"), "cuda-graph": ("cuda", ["--cuda-graph"], "cuda")}
+
+
+def _runtime_config(spec: str) -> tuple[str, str, list[str], str]:
+    """'cuda-graph' or 'cuda-graph@cpu' (NAME[@EXPORT_TARGET]) -> (label, provider, flags, target)."""
+    name, _, target = spec.partition("@")
+    if name not in RUNTIMES:
+        raise SystemExit(f"--runtimes: unknown {name!r}; choose from {', '.join(RUNTIMES)} (optionally @cpu|@cuda)")
+    provider, flags, default_target = RUNTIMES[name]
+    target = target or default_target
+    return f"{name}@{target}", provider, flags, target
+
+
+def _machine() -> dict:
+    import platform
+
+    import onnxruntime
+    import torch
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_count": __import__("os").cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 def latency_main(argv: list[str]) -> None:
@@ -135,56 +173,68 @@ def latency_main(argv: list[str]) -> None:
 
     import torch
 
+    from edgessm.export import export_onnx
+
     ap = argparse.ArgumentParser(prog="compression_quality.py latency")
     ap.add_argument("models", nargs="+")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--torch-devices", default="cpu", help="comma list: cpu, cuda (eager model.step on each)")
+    ap.add_argument("--runtimes", default="cpu",
+                    help="comma list of NAME[@TARGET], NAME in cpu, cuda, cuda-graph; TARGET the export form "
+                         "(cpu: elementwise, cuda: fewest nodes; default cpu for cpu, cuda for the GPU ones)")
     ap.add_argument("--out", default="docs/data/latency_mnist1d.json")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    devices = [d for d in a.torch_devices.split(",") if d]
+    runtimes = [_runtime_config(r) for r in a.runtimes.split(",") if r]
     tmp = Path(tempfile.mkdtemp(prefix="edgessm_lat_"))
     info = {}
     for m in a.models:
         model = load(m).eval()
-        onnx = tmp / (Path(m).stem + ".onnx")
-        exp = json.loads(subprocess.run(["edgessm", "export", m, "--onnx", "-o", str(onnx), "--json"], check=True,
-                                        capture_output=True, text=True).stdout)
         n_par = sum(p.numel() for p in model.parameters())
         info[m] = {"model": m, "ranks": [blk.ssm.N for blk in model.blocks], "parameters": n_par,
                    "parameter_bytes_fp32": 4 * n_par, "checkpoint_bytes": os.path.getsize(m),
                    "state_floats": sum(model.state_size()), "state_bytes_fp32": 4 * sum(model.state_size()),
-                   "onnx_bytes": exp["file_sizes"]["step"], "onnx_nodes": exp["node_counts"]["step"]["total"],
-                   "torch": [], "runtime": []}
+                   "onnx": {}, "torch": {d: [] for d in devices}, "runtime": {lab: [] for lab, *_ in runtimes}}
+        for target in sorted({t for *_, t in runtimes}):
+            path = tmp / f"{Path(m).stem}.{target}.onnx"
+            res = export_onnx(model, path, target=target)
+            info[m]["onnx"][target] = {"path": str(path), "bytes": res.file_sizes["step"],
+                                       "nodes": res.node_counts["step"]["total"]}
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for _ in range(a.rounds):
+    for _ in range(a.rounds):  # rounds alternate models and configurations: noise hits all alike
         for m in a.models:
-            model = load(m).eval()
-            t = torch_step_times(model, a.steps)
-            info[m]["torch"].append({"p50_us": float(np.percentile(t, 50)), "p99_us": float(np.percentile(t, 99))})
-            onnx = tmp / (Path(m).stem + ".onnx")
-            out = subprocess.run([sys.executable, "-m", "edgessm.runtime", str(onnx), "--bench", str(a.steps), "--json",
-                                  "--threads", "1", "--provider", "cpu"], check=True, capture_output=True, text=True,
-                                 env=env).stdout
-            b = json.loads(out)
-            info[m]["runtime"].append({"p50_us": b["step"]["p50_us"], "p99_us": b["step"]["p99_us"],
-                                       "floor_p50_us": (b.get("floor") or {}).get("p50_us"),
-                                       "providers": b["providers"], "onnxruntime": b.get("onnxruntime")})
+            for d in devices:
+                t = torch_step_times(load(m).eval(), a.steps, device=d)
+                info[m]["torch"][d].append({"p50_us": float(np.percentile(t, 50)), "p99_us": float(np.percentile(t, 99))})
+            for label, provider, flags, target in runtimes:
+                out = subprocess.run([sys.executable, "-m", "edgessm.runtime", info[m]["onnx"][target]["path"],
+                                      "--bench", str(a.steps), "--json", "--threads", "1", "--provider", provider,
+                                      *flags], check=True, capture_output=True, text=True, env=env).stdout
+                b = json.loads(out)
+                info[m]["runtime"][label].append({"p50_us": b["step"]["p50_us"], "p99_us": b["step"]["p99_us"],
+                                                  "floor_p50_us": (b.get("floor") or {}).get("p50_us"),
+                                                  "providers": b["providers"]})
     rows = []
     for m, d in info.items():
-        med = lambda side, k: float(np.median([x[k] for x in d[side]]))  # noqa: E731  (median over rounds)
-        d.update({"torch_p50_us": med("torch", "p50_us"), "torch_p99_us": med("torch", "p99_us"),
-                  "runtime_p50_us": med("runtime", "p50_us"), "runtime_p99_us": med("runtime", "p99_us"),
-                  "runtime_floor_p50_us": med("runtime", "floor_p50_us")})
+        med = lambda runs, k: float(np.median([x[k] for x in runs]))  # noqa: E731  (median over rounds)
+        d["torch_median"] = {dev: {k: med(r, k) for k in ("p50_us", "p99_us")} for dev, r in d["torch"].items()}
+        d["runtime_median"] = {lab: {k: med(r, k) for k in ("p50_us", "p99_us", "floor_p50_us")}
+                               for lab, r in d["runtime"].items()}
         rows.append(d)
     base = rows[0]
-    print(f"{'model':48s} {'ranks':14s} {'params':>7s} {'state B':>8s} {'torch p50/p99 us':>18s} {'runtime p50/p99 us':>19s} "
-          f"{'torch/rt':>8s} {'rt vs full':>10s}")
+    cols = [("torch " + dev, lambda d, dev=dev: d["torch_median"][dev]) for dev in devices] + \
+           [("rt " + lab, lambda d, lab=lab: d["runtime_median"][lab]) for lab, *_ in runtimes]
+    print(f"{'model':28s} {'ranks':14s} {'params':>7s} {'state B':>8s} " + " ".join(f"{c:>20s}" for c, _ in cols))
     for d in rows:
-        print(f"{Path(d['model']).name:48s} {str(d['ranks']):14s} {d['parameters']:7d} {d['state_bytes_fp32']:8d} "
-              f"{d['torch_p50_us']:8.1f}/{d['torch_p99_us']:8.1f} {d['runtime_p50_us']:9.1f}/{d['runtime_p99_us']:8.1f} "
-              f"{d['torch_p50_us'] / d['runtime_p50_us']:8.2f} {d['runtime_p50_us'] / base['runtime_p50_us']:10.2f}")
+        print(f"{Path(d['model']).name:28s} {str(d['ranks']):14s} {d['parameters']:7d} {d['state_bytes_fp32']:8d} "
+              + " ".join(f"{f(d)['p50_us']:9.1f}/{f(d)['p99_us']:9.1f}" for _, f in cols))
+    print("p50 / p99 us per step, medians over rounds. Versus the first model (p50):")
+    for d in rows:
+        print(f"{Path(d['model']).name:28s} " + " ".join(f"{f(d)['p50_us'] / f(base)['p50_us']:20.2f}" for _, f in cols))
     rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-    res = {"steps": a.steps, "rounds": a.rounds, "torch": torch.__version__, "torch_threads": 1, "git": rev,
+    res = {"steps": a.steps, "rounds": a.rounds, "torch_threads": 1, "git": rev, "machine": _machine(),
            "command": "python bench/compression_quality.py latency " + " ".join(argv), "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
