@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -161,12 +162,11 @@ def _machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_count": __import__("os").cpu_count(), "gpu": gpu, "torch": torch.__version__,
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 def latency_main(argv: list[str]) -> None:
-    import os
     import subprocess
     import sys
     import tempfile
