@@ -5,47 +5,21 @@ here it runs with CPU buffers and is checked against plain session.run stepping.
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
+import test_runtime_graphs as fx
 
 from edgessm.runtime import (RuntimeInputError, RuntimeModelError, RuntimeProviderError, StreamingSession,
                              measure_floor, measure_latency)
 
 
-def _load_fixture():
-    path = pathlib.Path(__file__).with_name("test_runtime_graphs.py")
-    spec = importlib.util.spec_from_file_location("edgessm_runtime_fixture", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fx = _load_fixture()
 # float32 graph vs float64 oracle, O(1) activations, <= 40 steps of a stable 2-layer recurrence
 RTOL = ATOL = 2e-4
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rt")
-    out = {}
-    for name, kw in {"plain": {}, "pool": {"pool": True}, "tokens": {"vocab": 11}}.items():
-        p = fx.make_params(**kw)
-        out[name] = (p, fx.save_model(fx.build_model(p), d / f"{name}.onnx"),
-                     fx.save_model(fx.build_model(p, "chunk", T=4), d / f"{name}.chunk.onnx"))
-    return out
-
-
-def _inputs(p, B, L, seed=0):
-    rng = np.random.default_rng(seed)
-    if p.tokens:
-        return rng.integers(0, p.emb.shape[0], (B, L))
-    return rng.standard_normal((B, L, p.d_input)).astype(np.float32)
+    return fx.save_models(tmp_path_factory.mktemp("rt"), {"plain": {}, "pool": {"pool": True}, "tokens": {"vocab": 11}})
 
 
 def _cpu(path, **kw):
@@ -57,7 +31,7 @@ def _cpu(path, **kw):
 def test_step_by_step_equals_oracle(models, name, io_binding):
     p, path, _ = models[name]
     s = _cpu(path, io_binding=io_binding)
-    xs = _inputs(p, 1, 20)
+    xs = fx.make_inputs(p, 1, 20)
     ys = np.stack([s.step(xs[:, t]) for t in range(20)], axis=1)
     assert ys.dtype == np.float32 and ys.shape == (1, 20, p.d_output)
     np.testing.assert_allclose(ys, fx.reference(p, xs), rtol=RTOL, atol=ATOL)
@@ -69,7 +43,7 @@ def test_step_outputs_are_fresh_arrays(models):
     # a CPU OrtValue's numpy() is a view of the bound output buffer: step must hand back copies
     p, path, _ = models["plain"]
     s = _cpu(path)
-    xs = _inputs(p, 1, 2)
+    xs = fx.make_inputs(p, 1, 2)
     y0 = s.step(xs[:, 0])
     keep = y0.copy()
     s.step(xs[:, 1])
@@ -79,7 +53,7 @@ def test_step_outputs_are_fresh_arrays(models):
 def test_io_binding_ping_pong_equals_plain_run_exactly(models):
     p, path, _ = models["pool"]
     bound, plain = _cpu(path, batch=3), _cpu(path, batch=3, io_binding=False)
-    xs = _inputs(p, 3, 15, seed=3)
+    xs = fx.make_inputs(p, 3, 15, seed=3)
     for t in range(15):  # odd count: ends on the second buffer set
         np.testing.assert_array_equal(bound.step(xs[:, t]), plain.step(xs[:, t]))
     sb, sp = bound.get_state(), plain.get_state()
@@ -95,7 +69,7 @@ def test_run_equals_repeated_step(models, with_chunk, io_binding):
     p, path, chunk = models["plain"]
     s = _cpu(path, batch=2, io_binding=io_binding, chunk_path=chunk if with_chunk else None)
     ref = _cpu(path, batch=2)
-    xs = _inputs(p, 2, 11, seed=5)  # 11 = 2 chunks of 4 + 3 single steps
+    xs = fx.make_inputs(p, 2, 11, seed=5)  # 11 = 2 chunks of 4 + 3 single steps
     got = np.concatenate([s.run(xs[:, :6]), s.run(xs[:, 6:])], axis=1)  # state carries across run calls
     want = np.stack([ref.step(xs[:, t]) for t in range(11)], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -107,14 +81,14 @@ def test_run_equals_repeated_step(models, with_chunk, io_binding):
 def test_run_with_chunk_tokens_and_empty_sequence(models):
     p, path, chunk = models["tokens"]
     s = _cpu(path, chunk_path=chunk)
-    xs = _inputs(p, 1, 9)
+    xs = fx.make_inputs(p, 1, 9)
     np.testing.assert_allclose(s.run(xs), fx.reference(p, xs), rtol=RTOL, atol=ATOL)
     assert s.run(np.zeros((1, 0), np.int64)).shape == (1, 0, p.d_output)
 
 
 def test_batch_streams_are_independent(models):
     p, path, _ = models["pool"]
-    xs = _inputs(p, 2, 12, seed=7)
+    xs = fx.make_inputs(p, 2, 12, seed=7)
     s = _cpu(path, batch=2)
     both = s.run(xs)
     for b in range(2):
@@ -125,7 +99,7 @@ def test_batch_streams_are_independent(models):
 
 def test_reset_all_and_some_streams(models):
     p, path, _ = models["plain"]
-    xs = _inputs(p, 2, 10, seed=8)
+    xs = fx.make_inputs(p, 2, 10, seed=8)
     s = _cpu(path, batch=2)
     first = s.run(xs)
     s.reset()
@@ -141,7 +115,7 @@ def test_reset_all_and_some_streams(models):
 
 def test_get_set_state_resumes_exactly(models):
     p, path, _ = models["pool"]
-    xs = _inputs(p, 2, 16, seed=9)
+    xs = fx.make_inputs(p, 2, 16, seed=9)
     full = _cpu(path, batch=2).run(xs)
     s = _cpu(path, batch=2)
     s.run(xs[:, :7])
@@ -157,7 +131,7 @@ def test_get_set_state_resumes_exactly(models):
 
 def test_state_of_one_stream_moves_between_sessions(models):
     p, path, _ = models["plain"]
-    xs = _inputs(p, 2, 8, seed=10)
+    xs = fx.make_inputs(p, 2, 8, seed=10)
     a = _cpu(path, batch=2)
     a.run(xs[:, :5])
     one = a.get_state(streams=[1])
@@ -252,7 +226,7 @@ def test_metadata_is_optional_and_exposed(tmp_path, models):
     path = fx.save_model(fx.build_model(p, metadata=False), tmp_path / "bare.onnx")
     s = _cpu(path)
     assert s.metadata == {} and s.state_names == ("past_state.0", "past_state.1")
-    xs = _inputs(p, 1, 5)
+    xs = fx.make_inputs(p, 1, 5)
     np.testing.assert_allclose(s.run(xs), fx.reference(p, xs), rtol=RTOL, atol=ATOL)
     _, full, _ = models["pool"]
     m = _cpu(full).metadata
@@ -334,7 +308,7 @@ def test_graph_id_engine_steps_like_plain_and_self_check_passes(models):
     eng.check_cuda_graphs(x)
     assert all(np.all(v == 0) for v in eng.read_state().values())  # the check leaves a zero state
     plain = _cpu(path, batch=2, io_binding=False)
-    xs = _inputs(p, 2, 7)
+    xs = fx.make_inputs(p, 2, 7)
     for t in range(7):
         np.testing.assert_array_equal(eng.step(xs[:, t]), plain.step(xs[:, t]))
 

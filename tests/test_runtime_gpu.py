@@ -9,12 +9,9 @@ numbers match the CPU provider and the float64 oracle.
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
+import test_runtime_graphs as fx
 
 from edgessm.runtime import StreamingSession
 
@@ -40,16 +37,6 @@ if not _cuda_runs():
     pytest.skip("onnxruntime's CUDA provider does not run here", allow_module_level=True)
 
 
-def _load_fixture():
-    path = pathlib.Path(__file__).with_name("test_runtime_graphs.py")
-    spec = importlib.util.spec_from_file_location("edgessm_runtime_fixture", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fx = _load_fixture()
 # float32 graph vs float64 oracle, O(1) activations, <= 40 steps of a stable 2-layer recurrence
 # (the CPU tests' bar; GPU kernels reorder sums but stay within float32 rounding of it)
 RTOL = ATOL = 2e-4
@@ -60,21 +47,9 @@ PROVIDER_RTOL, PROVIDER_ATOL = 1e-4, 1e-5
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gpu")
-    out = {}
-    for name, kw in {"plain": {}, "pool": {"pool": True}, "tokens": {"vocab": 11},
-                     "wide": dict(d_input=8, d_output=10, H=128, N=16, n_layers=4, seed=1, pool=True)}.items():
-        p = fx.make_params(**kw)
-        out[name] = (p, fx.save_model(fx.build_model(p), d / f"{name}.onnx"),
-                     fx.save_model(fx.build_model(p, "chunk", T=4), d / f"{name}.chunk.onnx"))
-    return out
-
-
-def _inputs(p, B, L, seed=0):
-    rng = np.random.default_rng(seed)
-    if p.tokens:
-        return rng.integers(0, p.emb.shape[0], (B, L))
-    return rng.standard_normal((B, L, p.d_input)).astype(np.float32)
+    return fx.save_models(tmp_path_factory.mktemp("gpu"), {
+        "plain": {}, "pool": {"pool": True}, "tokens": {"vocab": 11},
+        "wide": dict(d_input=8, d_output=10, H=128, N=16, n_layers=4, seed=1, pool=True)})
 
 
 def _cuda(path, **kw):
@@ -90,7 +65,7 @@ def test_cuda_steps_equal_float64_oracle(models, name, mode):
     kw = {"plain": dict(io_binding=False), "bound": {}, "cuda_graph": dict(cuda_graph=True)}[mode]
     s = _cuda(path, batch=2, **kw)
     assert s.device == "cuda" and not s.tf32
-    xs = _inputs(p, 2, 21)  # odd: ends on the second buffer set / second captured graph
+    xs = fx.make_inputs(p, 2, 21)  # odd: ends on the second buffer set / second captured graph
     ys = np.stack([s.step(xs[:, t]) for t in range(21)], axis=1)
     np.testing.assert_allclose(ys, fx.reference(p, xs), rtol=RTOL, atol=ATOL)
 
@@ -103,7 +78,7 @@ def test_cuda_graph_long_stream_equals_eager_binding_and_cpu(models, batch):
     graph, eager, cpu = _cuda(path, batch=batch, cuda_graph=True), _cuda(path, batch=batch), \
         StreamingSession(path, provider="cpu", batch=batch)
     assert graph.cuda_graph and not eager.cuda_graph
-    xs = _inputs(p, batch, 500, seed=4)
+    xs = fx.make_inputs(p, batch, 500, seed=4)
     for t in range(500):
         g, e, c = graph.step(xs[:, t]), eager.step(xs[:, t]), cpu.step(xs[:, t])
         np.testing.assert_array_equal(g, e)  # same kernels, same buffers' contents: bitwise
@@ -118,7 +93,7 @@ def test_cuda_graph_long_stream_equals_eager_binding_and_cpu(models, batch):
 
 def test_cuda_graph_reset_and_set_state_write_into_the_captured_buffers(models):
     p, path, _ = models["pool"]
-    xs = _inputs(p, 3, 16, seed=9)
+    xs = fx.make_inputs(p, 3, 16, seed=9)
     full = StreamingSession(path, provider="cpu", batch=3).run(xs)
     s = _cuda(path, batch=3, cuda_graph=True)
     s.run(xs[:, :7])
@@ -137,14 +112,14 @@ def test_cuda_graph_reset_and_set_state_write_into_the_captured_buffers(models):
 def test_chunk_graph_on_cuda(models, cuda_graph):
     p, path, chunk = models["plain"]
     s = _cuda(path, batch=2, chunk_path=chunk, cuda_graph=cuda_graph)
-    xs = _inputs(p, 2, 11, seed=5)
+    xs = fx.make_inputs(p, 2, 11, seed=5)
     got = np.concatenate([s.run(xs[:, :6]), s.run(xs[:, 6:])], axis=1)
     np.testing.assert_allclose(got, fx.reference(p, xs), rtol=RTOL, atol=ATOL)
 
 
 def test_batch_256_streams_on_cuda_graph(models):
     p, path, _ = models["wide"]
-    xs = _inputs(p, 256, 30, seed=6)
+    xs = fx.make_inputs(p, 256, 30, seed=6)
     got = _cuda(path, batch=256, cuda_graph=True).run(xs)
     want = StreamingSession(path, provider="cpu", batch=256).run(xs)
     np.testing.assert_allclose(got, want, rtol=PROVIDER_RTOL, atol=PROVIDER_ATOL)

@@ -1,5 +1,6 @@
 """Test fixture for the runtime: small edgessm-contract ONNX graphs built with onnx.helper, and
-their float64 numpy oracle. Other runtime test files load this module by path (see _load in them).
+their float64 numpy oracle. The other runtime test files import it (``import test_runtime_graphs as fx``:
+pytest puts tests/ on sys.path) and build their graphs with ``save_models`` and inputs with ``make_inputs``.
 
 The model (dimensions: B batch, L length, T chunk, H channels, N modes, V vocabulary):
 
@@ -64,6 +65,14 @@ def make_params(d_input=3, d_output=2, H=4, N=3, n_layers=2, pool=False, vocab=N
     p.W_out = rng.standard_normal((H, d_output)) / np.sqrt(H)
     p.b_out = 0.1 * rng.standard_normal(d_output)
     return p
+
+
+def make_inputs(p: Params, B: int, L: int, seed: int = 0) -> np.ndarray:
+    """(B, L, d_input) float32 N(0, 1) features, or (B, L) int64 tokens uniform over the vocabulary."""
+    rng = np.random.default_rng(seed)
+    if p.tokens:
+        return rng.integers(0, p.emb.shape[0], (B, L))
+    return rng.standard_normal((B, L, p.d_input)).astype(np.float32)
 
 
 def state_shapes(p: Params) -> dict[str, tuple]:
@@ -214,6 +223,16 @@ def build_model(p: Params, kind: str = "step", T: int = 4, batch="batch", metada
 def save_model(model, path) -> str:
     onnx.save(model, str(path))
     return str(path)
+
+
+def save_models(folder, sizes: dict, T: int = 4) -> dict:
+    """{name: make_params kwargs} -> {name: (params, step graph path, T-step chunk graph path)} in folder."""
+    out = {}
+    for name, kw in sizes.items():
+        p = make_params(**kw)
+        out[name] = (p, save_model(build_model(p), folder / f"{name}.onnx"),
+                     save_model(build_model(p, "chunk", T=T), folder / f"{name}.chunk.onnx"))
+    return out
 
 
 def bad_model(kind: str):

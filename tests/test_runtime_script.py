@@ -3,7 +3,6 @@ hygiene: it must run where torch / onnx / scipy / click cannot be imported, from
 package and from a plain copy of the runtime/ folder."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -14,29 +13,18 @@ import sys
 
 import numpy as np
 import pytest
+import test_runtime_graphs as fx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "onnx", "scipy", "click")
 
 
-def _load_fixture():
-    path = pathlib.Path(__file__).with_name("test_runtime_graphs.py")
-    spec = importlib.util.spec_from_file_location("edgessm_runtime_fixture", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fx = _load_fixture()
 RTOL = ATOL = 2e-4  # float32 graph vs float64 oracle (see test_runtime.py)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("script")
-    p = fx.make_params()
-    return p, fx.save_model(fx.build_model(p), d / "m.onnx"), fx.save_model(fx.build_model(p, "chunk", T=4), d / "c.onnx")
+    return fx.save_models(tmp_path_factory.mktemp("script"), {"m": {}})["m"]
 
 
 @pytest.fixture(scope="module")
