@@ -29,23 +29,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_reduction import workload  # noqa: E402
 
-from edgessm.gramians import cauchy_real_factor, doubled_realisation  # noqa: E402
+from edgessm.balanced import BALANCER_CHUNK, _factors  # noqa: E402
 
 
-def factor_products(kind: str = "init", chunk: int = 128) -> np.ndarray:
+def factor_products(kind: str = "init", chunk: int = BALANCER_CHUNK) -> np.ndarray:
     """(3072 K K) float64: FQ^T FP per channel, padded to the largest K, as balanced._balancer forms it."""
     sys_ = workload(kind)
     out = []
     for lo in range(0, sys_.H, chunk):
-        sl = slice(lo, lo + chunk)
-        s = sys_.channel(sl)
-        alpha, beta, gamma, _ = doubled_realisation(s)
-        real = s.real_modes() | ~s.active_modes()
-        FP = cauchy_real_factor(alpha, beta, real)
-        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real)
-        K = max(FP.shape[2], FQ.shape[2])
-        FP = np.pad(FP, ((0, 0), (0, 0), (0, K - FP.shape[2])))
-        FQ = np.pad(FQ, ((0, 0), (0, 0), (0, K - FQ.shape[2])))
+        *_, FP, FQ = _factors(sys_.channel(slice(lo, lo + chunk)), None)  # (h n K) each
         out.append(np.swapaxes(FQ, 1, 2) @ FP)
     K = max(m.shape[1] for m in out)
     return np.concatenate([np.pad(m, ((0, 0), (0, K - m.shape[1]), (0, K - m.shape[2]))) for m in out])

@@ -310,11 +310,11 @@ class _Balancer:
         return np.sum(self.S > HSV_NOISE_RTOL * s1, axis=1)
 
 
-def _balancer(sys: DiagonalSSM, horizon: int | None, vectors: bool = True) -> _Balancer:
-    """Factors, HSVs and (vectors=True) singular vectors of every channel of sys (one thread's chunk)."""
+def _factors(sys: DiagonalSSM, horizon: int | None):
+    """The doubled realisation (alpha, beta, gamma c(H M), Dstd r(H)), the real-mode mask r(H N) and the
+    Gramian factors FP, FQ r(H n K) of sys, zero-padded to a common K: what the SVD of FQ^T FP balances."""
     alpha, beta, gamma, Dstd = doubled_realisation(sys)  # (H M) x3, (H)
     real = sys.real_modes() | ~(sys.active_modes())  # (H N) inactive modes behave as (empty) real ones
-    N = sys.N
     if horizon is None:
         FP = cauchy_real_factor(alpha, beta, real)  # (H n K)
         FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real)  # (H n K)
@@ -327,6 +327,13 @@ def _balancer(sys: DiagonalSSM, horizon: int | None, vectors: bool = True) -> _B
     K = max(FP.shape[2], FQ.shape[2])
     FP = np.pad(FP, ((0, 0), (0, 0), (0, K - FP.shape[2])))
     FQ = np.pad(FQ, ((0, 0), (0, 0), (0, K - FQ.shape[2])))
+    return alpha, beta, gamma, Dstd, real, FP, FQ
+
+
+def _balancer(sys: DiagonalSSM, horizon: int | None, vectors: bool = True) -> _Balancer:
+    """Factors, HSVs and (vectors=True) singular vectors of every channel of sys (one thread's chunk)."""
+    alpha, beta, gamma, Dstd, real, FP, FQ = _factors(sys, horizon)
+    N = sys.N
     Mf = np.swapaxes(FQ, 1, 2) @ FP  # (H K K)
     if vectors:
         U, S, Vt = np.linalg.svd(Mf)  # (H K K), (H K), (H K K)
