@@ -233,6 +233,12 @@ def latency_main(argv: list[str]) -> None:
     print("p50 / p99 us per step, medians over rounds. Versus the first model (p50):")
     for d in rows:
         print(f"{Path(d['model']).name:28s} " + " ".join(f"{f(d)['p50_us'] / f(base)['p50_us']:20.2f}" for _, f in cols))
+    for dev in devices:  # the speed-up of each runtime configuration over the eager step, same model (p50)
+        print(f"torch {dev} / runtime (p50):")
+        for d in rows:
+            t = d["torch_median"][dev]["p50_us"]
+            print(f"{Path(d['model']).name:28s} " + " ".join(
+                f"{lab}: {t / d['runtime_median'][lab]['p50_us']:.2f}x" for lab, *_ in runtimes))
     rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     res = {"steps": a.steps, "rounds": a.rounds, "torch_threads": 1, "git": rev, "machine": _machine(),
            "command": "python bench/compression_quality.py latency " + " ".join(argv), "rows": rows}
