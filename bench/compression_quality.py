@@ -195,7 +195,7 @@ def latency_main(argv: list[str]) -> None:
         n_par = sum(p.numel() for p in model.parameters())
         info[m] = {"model": m, "ranks": [blk.ssm.N for blk in model.blocks], "parameters": n_par,
                    "parameter_bytes_fp32": 4 * n_par, "checkpoint_bytes": os.path.getsize(m),
-                   "state_floats": sum(model.state_size()), "state_bytes_fp32": 4 * sum(model.state_size()),
+                   "state_floats": sum(model.step_state_floats()), "state_bytes_fp32": 4 * sum(model.step_state_floats()),
                    "onnx": {}, "torch": {d: [] for d in devices}, "runtime": {lab: [] for lab, *_ in runtimes}}
         for target in sorted({t for *_, t in runtimes}):
             path = tmp / f"{Path(m).stem}.{target}.onnx"

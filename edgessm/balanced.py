@@ -33,6 +33,7 @@ plain BT keep its certified bound (NaN elsewhere).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +46,7 @@ from .ssm import DiagonalSSM
 
 __all__ = ["Reduction", "balanced_truncation", "hankel_singular_values", "modal_truncation",
            "random_truncation", "hinf_norm", "horizon_operator_error", "error_system",
-           "PADDING_A"]
+           "bound_floor", "certificate_warnings", "PADDING_A", "FLOOR_FACTOR"]
 
 # Padding modes: inactive (B = C = 0) with A = 0.5: nonzero and != 1, because the model maps a
 # stored mode back to Lambda = log(A) / dt.
@@ -64,6 +65,17 @@ RECON_BOUND_FRACTION = 0.1
 RECON_ATOL_REL = 1e-12
 RECON_L = 128
 
+# Float64 floor of the certified bound: the bound 2 sum_{i>k} sigma_i is exact for the exact balanced
+# truncation of the exact system, and the computation perturbs both (Gramian factors, SVD, eig of the
+# reduced matrix, and the H-infinity evaluation that checks it) by backward errors of a few ulp per
+# parameter, growing with the order n. A relative perturbation eps of every A, B, C, D moves the map by
+# at most eps * DiagonalSSM.sensitivity() (a closed-form first-order bound), and each of the n - k
+# discarded HSVs can move by as much (Weyl's inequality for Hankel operators), so the floor is
+# FLOOR_FACTOR * eps * n * (sensitivity(G) + sensitivity(G_r)). Not gain-relative: a channel whose
+# poles sit near the circle or whose B, C span many decades gets a large floor, and when the floor
+# reaches the channel's gain the certificate says nothing at working precision (reported as vacuous).
+FLOOR_FACTOR = 4.0
+
 # Channels per thread task (parallel.map_chunks): big enough to amortise numpy's per-call cost,
 # small enough for the pivoted Cholesky's (h, N) temporaries to stay in cache.
 BALANCER_CHUNK = 128
@@ -77,8 +89,9 @@ class Reduction:
     order: int (H) real state dimension kept; rank: int (H) stored modes used (<= system.N).
     hsv: r(H 2N_in) descending, zero-padded (the time-limited HSVs when horizon is set; NaN for
     the baselines, which do not compute them). full_order: int (H) real state count of the input.
-    bound: r(H) certified H-infinity bound 2 sum_{i>k} sigma_i (NaN where no certified bound exists:
-    horizon-aware and baseline reductions). measured_hinf: r(H) measured ||G - G_r||_inf or None.
+    bound: r(H) the H-infinity bound 2 sum_{i>k} sigma_i (NaN where no certified bound exists:
+    horizon-aware and baseline reductions). floor: r(H) its float64 floor (FLOOR_FACTOR); what is
+    certified is ``certified() = bound + floor``. measured_hinf: r(H) measured ||G - G_r||_inf or None.
     horizon, horizon_error: L and the measured L-step operator error per channel, or None.
     """
 
@@ -93,6 +106,17 @@ class Reduction:
     horizon_error: np.ndarray | None
     method: str
     warnings: list[str] = field(default_factory=list)
+    floor: np.ndarray | None = None
+
+    def certified(self) -> np.ndarray:
+        """r(H): the certified H-infinity error bound with its float64 floor (NaN where none exists)."""
+        return self.bound if self.floor is None else self.bound + self.floor
+
+    def bound_holds(self, measured: np.ndarray | None = None) -> np.ndarray:
+        """bool (H): measured <= certified() (True where no bound is claimed); measured defaults to measured_hinf."""
+        m = self.measured_hinf if measured is None else measured
+        c = self.certified()
+        return np.where(np.isfinite(c), m <= c, True) if m is not None else np.isfinite(c) | True
 
     def summary(self) -> dict:
         """JSON-ready report: method, shapes, per-channel orders/ranks/bounds as lists, warnings."""
@@ -109,6 +133,7 @@ class Reduction:
             "measured_hinf": lst(self.measured_hinf),
             "horizon": self.horizon,
             "horizon_error": lst(self.horizon_error),
+            "floor": lst(self.floor),
             "max_bound": None if not np.any(np.isfinite(self.bound)) else float(np.nanmax(self.bound)),
             "max_measured_hinf": None if self.measured_hinf is None else float(np.max(self.measured_hinf)),
             "warnings": list(self.warnings),
@@ -212,13 +237,62 @@ def error_system(sys: DiagonalSSM, red: DiagonalSSM) -> DiagonalSSM:
     return sys.concat_modes(DiagonalSSM(red.A, red.B, -red.C, -red.D))
 
 
+# Offsets, in pole widths, of the samples around every narrow pole (``_pole_ladders``): out to 8 widths,
+# so that a peak between poles a few widths apart (where neither pole's own frequency is the maximum)
+# has samples about a width apart around it for the zoom to start from.
+_LADDER = np.array([0.5, 1.0, 2.0, 3.0, 5.0, 8.0])
+_LADDER = np.concatenate([-_LADDER[::-1], _LADDER])
+
+
+def _pole_ladders(angles: np.ndarray, width: np.ndarray, narrow: np.ndarray) -> np.ndarray:
+    """r(h 12m): frequencies around every narrow pole (angles, widths r(h N), mask narrow), at width steps.
+
+    A pole at angle theta with width w = -log|a| makes a resonance of half-width ~w; several within a
+    few widths interfere, and the uniform grid sees none of them when w is below its spacing. Broad
+    poles are resolved by the grid and get no ladder; channels with fewer narrow poles than the most
+    repeat a pole's own angle (w = 0) as filler.
+    """
+    m = int(narrow.sum(axis=1).max())
+    pick = np.argsort(~narrow, axis=1, kind="stable")[:, :m]  # (h m) narrow modes first
+    th = np.take_along_axis(angles, pick, axis=1)  # (h m)
+    wd = np.where(np.take_along_axis(narrow, pick, axis=1), np.take_along_axis(width, pick, axis=1), 0.0)  # (h m)
+    return np.clip(th[:, :, None] + wd[:, :, None] * _LADDER, 0.0, np.pi).reshape(angles.shape[0], -1)  # (h 12m)
+
+
+def _refine_peaks(s: DiagonalSSM, grid: np.ndarray, mag: np.ndarray, n_peaks: int, n_refine: int) -> np.ndarray:
+    """r(h): max |G| over the samples grid r(h F) (values mag) and zooms around their n_peaks largest local maxima."""
+    h = s.H
+    order = np.argsort(grid, axis=1, kind="stable")  # (h F)
+    grid, mag = np.take_along_axis(grid, order, axis=1), np.take_along_axis(mag, order, axis=1)
+    best = mag.max(axis=1)  # (h)
+    # the n_peaks largest LOCAL maxima: the largest samples alone cluster around one peak, and a
+    # narrow resonance of the error system (between the grid points) can be higher than it
+    ext = np.pad(mag, ((0, 0), (1, 1)), constant_values=-1.0)  # (h F+2)
+    is_max = (mag >= ext[:, :-2]) & (mag >= ext[:, 2:])  # (h F)
+    top = np.argsort(np.where(is_max, mag, -1.0), axis=1)[:, -n_peaks:]  # (h P)
+    lo = np.take_along_axis(grid, np.maximum(top - 1, 0), axis=1)  # (h P)
+    hi = np.take_along_axis(grid, np.minimum(top + 1, grid.shape[1] - 1), axis=1)  # (h P)
+    t = np.linspace(0.0, 1.0, 9)  # (9)
+    for _ in range(n_refine):
+        w = lo[:, :, None] + (hi - lo)[:, :, None] * t  # (h P 9)
+        m = np.abs(_tf(s, w.reshape(h, -1))).reshape(w.shape)  # (h P 9)
+        best = np.maximum(best, m.max(axis=(1, 2)))
+        j = np.argmax(m, axis=2)[:, :, None]  # (h P 1)
+        step = ((hi - lo) / 8.0)[:, :, None]  # (h P 1) the new bracket is 2 spacings: / 4
+        c = np.take_along_axis(w, j, axis=2)  # (h P 1)
+        lo, hi = np.clip(c - step, 0, np.pi)[:, :, 0], np.clip(c + step, 0, np.pi)[:, :, 0]
+    return best
+
+
 def hinf_norm(sys: DiagonalSSM, n_grid: int = 2049, n_peaks: int = 8, n_refine: int = 12,
               chunk: int = 128) -> np.ndarray:
     """r(H): max over omega of |G(e^{i omega})|, on a dense grid refined around the peaks.
 
     The map is real, so omega in [0, pi]. Grid: n_grid uniform points (``_tf_uniform``, an FFT, when
     2 (n_grid - 1) is a multiple of 64; else evaluated directly) plus every mode's |angle(A)|
-    (resonances of poles near the circle); then n_refine rounds of zooming (9 points, bracket / 4)
+    (resonances of poles near the circle) plus, around every pole narrower than the grid, samples at
+    steps of its width (``_pole_ladders``: clusters of resonances hide peaks between the poles);
+    then n_refine rounds of zooming (9 points, bracket / 4)
     around the n_peaks largest local maxima of the grid. A lower estimate of the true norm, converged to about
     (pi / n_grid) / 4^n_refine in omega, i.e. far below float64 resolution for 1 - |A| >= 1e-6.
     Chunks of channels run on parallel.threads() threads.
@@ -231,25 +305,16 @@ def hinf_norm(sys: DiagonalSSM, n_grid: int = 2049, n_peaks: int = 8, n_refine: 
         angles = np.abs(np.angle(s.A))  # (h N)
         grid = np.concatenate([uniform, angles], axis=1)  # (h F)
         mag = np.abs(np.concatenate([G_u, _tf(s, angles)], axis=1))  # (h F)
-        order = np.argsort(grid, axis=1, kind="stable")  # (h F)
-        grid, mag = np.take_along_axis(grid, order, axis=1), np.take_along_axis(mag, order, axis=1)
-        best = mag.max(axis=1)  # (h)
-        # the n_peaks largest LOCAL maxima: the largest samples alone cluster around one peak, and a
-        # narrow resonance of the error system (between the grid points) can be higher than it
-        ext = np.pad(mag, ((0, 0), (1, 1)), constant_values=-1.0)  # (h F+2)
-        is_max = (mag >= ext[:, :-2]) & (mag >= ext[:, 2:])  # (h F)
-        top = np.argsort(np.where(is_max, mag, -1.0), axis=1)[:, -n_peaks:]  # (h P)
-        lo = np.take_along_axis(grid, np.maximum(top - 1, 0), axis=1)  # (h P)
-        hi = np.take_along_axis(grid, np.minimum(top + 1, grid.shape[1] - 1), axis=1)  # (h P)
-        t = np.linspace(0.0, 1.0, 9)  # (9)
-        for _ in range(n_refine):
-            w = lo[:, :, None] + (hi - lo)[:, :, None] * t  # (h P 9)
-            m = np.abs(_tf(s, w.reshape(h, -1))).reshape(w.shape)  # (h P 9)
-            best = np.maximum(best, m.max(axis=(1, 2)))
-            j = np.argmax(m, axis=2)[:, :, None]  # (h P 1)
-            step = ((hi - lo) / 8.0)[:, :, None]  # (h P 1) the new bracket is 2 spacings: / 4
-            c = np.take_along_axis(w, j, axis=2)  # (h P 1)
-            lo, hi = np.clip(c - step, 0, np.pi)[:, :, 0], np.clip(c + step, 0, np.pi)[:, :, 0]
+        best = _refine_peaks(s, grid, mag, n_peaks, n_refine)  # (h)
+        # clusters of narrow resonances: a second search on the poles' own width-resolved samples, so
+        # its peaks are not crowded out of (or into) the grid's n_peaks
+        width = -np.log(np.maximum(np.abs(s.A), 1e-300))  # (h N)
+        narrow = (width < np.pi / (n_grid - 1)) & s.active_modes()  # (h N) poles the grid does not resolve
+        rows = np.flatnonzero(narrow.any(axis=1))  # channels that have any
+        if rows.size:
+            sr = s.channel(rows)
+            ladders = _pole_ladders(angles[rows], width[rows], narrow[rows])  # (h' F')
+            best[rows] = np.maximum(best[rows], _refine_peaks(sr, ladders, np.abs(_tf(sr, ladders)), n_peaks, n_refine))
         return best
 
     return np.concatenate(map_chunks(part, sys.H, chunk)) if sys.H else np.zeros(0)
@@ -641,9 +706,40 @@ def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, 
             if (better & ~no_stable).any():
                 warnings.append(f"{_where(layer)}{int((better & ~no_stable).sum())} of {H} channels: infinite-horizon "
                                 f"balanced truncation had the lower {horizon}-step error and was used there")
-    measured = hinf_norm(error_system(sys, red)) if measure else None
-    return Reduction(red, k, r, hsv, full, bound, measured, horizon, herr,
-                     "balanced" if horizon is None else "balanced-horizon", warnings)
+    floor = bound_floor(sys, red)  # (H)
+    out = Reduction(red, k, r, hsv, full, bound, None, horizon, herr,
+                    "balanced" if horizon is None else "balanced-horizon", warnings, floor)
+    if not measure:
+        return out
+    measured = hinf_norm(error_system(sys, red))  # (H)
+    warnings = warnings + certificate_warnings(out, measured, hinf_norm(sys), layer)
+    return dataclasses.replace(out, measured_hinf=measured, warnings=warnings)
+
+
+def bound_floor(sys: DiagonalSSM, red: DiagonalSSM) -> np.ndarray:
+    """r(H): float64 floor of the certified bound of reducing sys to red (FLOOR_FACTOR)."""
+    n = np.maximum(sys.real_state_dims(), 1)  # (H)
+    return FLOOR_FACTOR * np.finfo(np.float64).eps * n * (sys.sensitivity() + red.sensitivity())
+
+
+def certificate_warnings(red: Reduction, measured: np.ndarray, gain: np.ndarray, layer: object | None) -> list[str]:
+    """Plain lines for channels whose certificate failed (measured > certified) or says nothing (floor >= gain)."""
+    out = []
+    cert = red.certified()  # (H)
+    bad = np.isfinite(cert) & ~(measured <= cert)  # (H) NaN measured counts as failed
+    if bad.any():
+        h = int(np.flatnonzero(bad)[np.argmax((measured / np.maximum(cert, 1e-300))[bad])])
+        out.append(f"{_where(layer)}{int(bad.sum())} of {red.system.H} channels FAIL the certificate: measured "
+                   f"H-infinity error {measured[h]:.4g} > bound {red.bound[h]:.4g} + float64 floor {red.floor[h]:.3g} "
+                   f"(channel {h}); the reduction is not certified")
+    if red.floor is not None:
+        vac = np.isfinite(cert) & (red.floor >= gain)  # (H)
+        if vac.any():
+            h = int(np.flatnonzero(vac)[0])
+            out.append(f"{_where(layer)}{int(vac.sum())} of {red.system.H} channels (e.g. {h}): the certificate is vacuous at "
+                       f"float64 precision (floor {red.floor[h]:.3g} >= the channel's gain {gain[h]:.3g}); poles this close "
+                       f"to the unit circle or B, C this badly scaled cannot be certified in float64")
+    return out
 
 
 # ---- baselines ---------------------------------------------------------------------------------

@@ -131,7 +131,12 @@ class SSMModel(nn.Module):
         return [p for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] not in SSM_PARAM_NAMES]
 
     def state_size(self) -> list[int]:
-        """Real state numbers per layer (2 per stored complex mode per channel) as the step graph carries them."""
+        """Real state numbers per layer: 2 per active complex mode, 1 per real mode, 0 per padding mode
+        (DiagonalSSM.real_state_dims). The step graph carries 2 floats per stored mode: ``step_state_floats``."""
+        return [int(blk.ssm.to_diagonal().real_state_dims().sum()) for blk in self.blocks]
+
+    def step_state_floats(self) -> list[int]:
+        """Floats per layer in the step state as the graph and ``step`` carry it (2 per stored mode and channel)."""
         return [2 * self.config.d_model * blk.ssm.N for blk in self.blocks]
 
 

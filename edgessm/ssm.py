@@ -11,8 +11,9 @@ Conventions (ARCHITECTURE.md):
 - The output reads the *updated* state, as S4's step does, so the impulse response is
   h_0 = 2 Re(sum_n C_n B_n) + D and h_k = 2 Re(sum_n C_n A_n^k B_n) for k >= 1.
 - Each stored mode stands for a conjugate pair (the ``2 Re``): N complex modes are 2N real
-  state numbers. A mode whose A is real (imag(A) == 0) is a *real mode*: its state x_k is
-  B * (a real sequence), so it is one real state number, not two. Balanced truncation
+  state numbers. A mode whose A is real is a *real mode*: its state x_k is B * (a real
+  sequence), so it is one real state number, not two. "Real" is judged against the distance
+  from the unit circle, not against |A| (``real_modes``). Balanced truncation
   produces such modes (FACTS.md); they are stored like any other mode, with A real and the
   factor 2 of the output folded into C (C_stored = C_real / 2).
 - A padding mode (B = C = 0) contributes nothing; it keeps a layer's N uniform across
@@ -26,11 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DiagonalSSM", "zoh", "REAL_MODE_ATOL"]
+__all__ = ["DiagonalSSM", "zoh", "REAL_MODE_RTOL"]
 
-# A mode is treated as real when |imag(A)| <= REAL_MODE_ATOL * |A|: at that level the conjugate
-# partner coincides with the mode in float64 (1e-12 ~ 4500 ulp, far above rounding of exp(dt*L)).
-REAL_MODE_ATOL = 1e-12
+# A mode is treated as real when |imag(A)| <= REAL_MODE_RTOL * (1 - |A|). Reading a pair a, conj(a)
+# with angle theta as the one real mode |a| changes its impulse response 2 Re(rho a^k) by at most
+# |rho| k theta |a|^k, i.e. by theta / (1 - |a|) of the pair's gain |rho| / (1 - |a|): the test is
+# relative to the distance from the unit circle. A test relative to |A| (1e-12 |A|) misreads a slow
+# pole, 1 - |a| = 1e-7 with theta = 1e-13, as real and throws away most of the pair's output.
+# Eigenvalues that are real by construction (LAPACK on a real matrix, a real Lambda) have imag == 0.
+REAL_MODE_RTOL = 1e-12
 
 
 def zoh(Lambda: np.ndarray, dt: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +90,9 @@ class DiagonalSSM:
         return self.A.shape[1]
 
     def real_modes(self) -> np.ndarray:
-        """bool (H N): modes whose A is real (one real state number each)."""
-        return np.abs(self.A.imag) <= REAL_MODE_ATOL * np.maximum(np.abs(self.A), 1e-300)
+        """bool (H N): modes whose A is real (one real state number each); see REAL_MODE_RTOL."""
+        gap = np.maximum(1.0 - np.abs(self.A), 0.0)  # (H N) distance from the unit circle
+        return np.abs(self.A.imag) <= REAL_MODE_RTOL * gap
 
     def active_modes(self) -> np.ndarray:
         """bool (H N): modes that reach the output (B*C != 0); padding modes are inactive."""
@@ -104,6 +110,37 @@ class DiagonalSSM:
     def spectral_radius(self) -> np.ndarray:
         """r(H): max |A| per channel."""
         return np.max(np.abs(self.A), axis=1)
+
+    def sensitivity(self) -> np.ndarray:
+        """r(H): first-order bound on ||G~ - G||_inf per unit relative perturbation of every A_n, B_n, C_n, D.
+
+        With |z| = 1 and the updated-state output z C B / (z - A) per mode (and its conjugate),
+        d/dA = z C B / (z - A)^2 is at most |C B| / (1 - |A|)^2 and d/dB, d/dC at most |C B| / (1 - |A|);
+        a relative perturbation eps of each moves ||G||_inf by at most eps * sensitivity() (to first
+        order; the factor 2 counts the conjugate partner, and bounds a real mode's 2 Re(C B) too).
+        Floors of the error bound are eps * a size factor * sensitivity() (balanced.py).
+        """
+        gap = np.maximum(1.0 - np.abs(self.A), 1e-300)  # (H N)
+        cb = np.abs(self.C * self.B)  # (H N)
+        per_mode = 2.0 * cb * (np.abs(self.A) / gap ** 2 + 2.0 / gap)  # (H N)
+        return np.sum(per_mode, axis=1) + np.abs(self.D)  # (H)
+
+    def perturbation_bound(self, other: "DiagonalSSM") -> np.ndarray:
+        """r(H): a rigorous bound on ||G_self - G_other||_inf for two systems with the same (H, N), mode by mode.
+
+        Per mode (rho = C B, |z| = 1, |z - a| >= 1 - |a|):
+        rho / (z - a) - rho' / (z - a') = (rho - rho') / (z - a) + rho' (a - a') / ((z - a)(z - a')),
+        so each mode and its conjugate differ by at most 2 (|rho - rho'| / g + |rho'| |a - a'| / (g g'))
+        with g = 1 - |a|, g' = 1 - |a'|; D adds |D - D'|. Used for what float32 storage of a reduced
+        model can change (compress.py), where the two systems are known exactly.
+        """
+        if (self.H, self.N) != (other.H, other.N):
+            raise ValueError(f"perturbation_bound needs equal shapes, got {(self.H, self.N)} and {(other.H, other.N)}")
+        g = np.maximum(1.0 - np.abs(self.A), 1e-300)  # (H N)
+        g2 = np.maximum(1.0 - np.abs(other.A), 1e-300)  # (H N)
+        rho, rho2 = self.C * self.B, other.C * other.B  # (H N)
+        per_mode = 2.0 * (np.abs(rho - rho2) / g + np.abs(rho2) * np.abs(self.A - other.A) / (g * g2))  # (H N)
+        return np.sum(per_mode, axis=1) + np.abs(self.D - other.D)  # (H)
 
     def is_stable(self) -> bool:
         return bool(np.all(np.abs(self.A) < 1.0))

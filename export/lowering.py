@@ -129,7 +129,7 @@ def ssm_params(layer: nn.Module, where: str) -> SSMParams:
                           "diagonal S4D and DSS layers (config.layer='s4d' or 'dss')")
     with torch.no_grad():
         dtL = (layer.lambda_() * layer.dt()[:, None]).detach().cpu().numpy()  # c(H N)
-        A_m1, B, C = (t.detach().cpu().numpy() for t in layer.step_params(torch.complex128))  # c(H N) each
+        A_m1, _, B, C = (t.detach().cpu().numpy() for t in layer.step_params(torch.complex128))  # c(H N) each
         D = _np(layer.D)  # r(H)
     p = SSMParams(dtL=dtL, A_m1=A_m1, B=B, C=C, D=D)
     for name in ("dtL", "A_m1", "B", "C", "D"):

@@ -50,7 +50,7 @@ def _blocks(sys: DiagonalSSM, h: int) -> list:
     for a, b, c, real in zip(sys.A[h], sys.B[h], sys.C[h], sys.real_modes()[h]):
         if b * c == 0:
             continue
-        if real:  # one real state s, x = b s, y = 2 Re(c b) s (ssm.py: |imag A| <= REAL_MODE_ATOL |A|)
+        if real:  # one real state s, x = b s, y = 2 Re(c b) s (ssm.py: real_modes)
             Ab = mp.matrix([[mp.mpf(a.real)]])
             out.append((Ab, mp.matrix([[1]]), mp.matrix([[2 * mp.re(mp.mpc(c) * mp.mpc(b))]]) * Ab))
         else:  # state (Re x, Im x), y = 2 Re(c x)
