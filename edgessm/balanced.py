@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import RankError, UnstableSystemError
 from .gramians import (cauchy_real_factor, dense_pivoted_cholesky, doubled_realisation,
-                       horizon_gramian, real_gramian, real_rows)
+                       horizon_gramian, node_logs, real_gramian, real_rows)
 from .parallel import map_chunks
 from .ssm import DiagonalSSM
 
@@ -381,8 +381,9 @@ def _factors(sys: DiagonalSSM, horizon: int | None):
     alpha, beta, gamma, Dstd = doubled_realisation(sys)  # (H M) x3, (H)
     real = sys.real_modes() | ~(sys.active_modes())  # (H N) inactive modes behave as (empty) real ones
     if horizon is None:
-        FP = cauchy_real_factor(alpha, beta, real)  # (H n K)
-        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real)  # (H n K)
+        logs = node_logs(sys)  # (H M) or None: Gramian denominators from log A where the layer keeps it
+        FP = cauchy_real_factor(alpha, beta, real, log_alpha=logs)  # (H n K)
+        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real, log_alpha=None if logs is None else np.conj(logs))  # (H n K)
     else:
         # window y_0..y_{L-1}: its strictly causal part is the Toeplitz of h_1..h_{L-1} = C' A^{0..L-2} B,
         # so both Gramians sum L - 1 terms of the standard realisation

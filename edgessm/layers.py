@@ -122,8 +122,9 @@ class _DiagonalLayer(nn.Module):
     @torch.no_grad()
     def to_diagonal(self) -> DiagonalSSM:
         A_bar, B_bar, C = self.discrete()
+        logA = (self.lambda_() * self.dt()[:, None]).cpu().numpy()  # (H N) dt Lambda, exact in float64
         return DiagonalSSM(A_bar.cpu().numpy(), B_bar.cpu().numpy(), C.cpu().numpy(),
-                           self.D.double().cpu().numpy())
+                           self.D.double().cpu().numpy(), logA)
 
     @torch.no_grad()
     def load_diagonal(self, sys: DiagonalSSM, layer: int | None = None) -> None:

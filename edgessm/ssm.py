@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DiagonalSSM", "zoh", "REAL_MODE_RTOL"]
+__all__ = ["DiagonalSSM", "zoh", "cexpm1", "REAL_MODE_RTOL"]
 
 # A mode is treated as real when |imag(A)| <= REAL_MODE_RTOL * (1 - |A|). Reading a pair a, conj(a)
 # with angle theta as the one real mode |a| changes its impulse response 2 Re(rho a^k) by at most
@@ -54,17 +54,38 @@ def zoh(Lambda: np.ndarray, dt: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, 
     return A_bar, B_bar
 
 
+def cexpm1(z: np.ndarray) -> np.ndarray:
+    """exp(z) - 1 for complex z without cancellation near 0 (numpy's expm1 is real-only).
+
+    Re = expm1(x) cos y - 2 sin^2(y/2), Im = exp(x) sin y.
+    """
+    z = np.asarray(z, dtype=np.complex128)
+    x, y = z.real, z.imag
+    return (np.expm1(x) * np.cos(y) - 2.0 * np.sin(0.5 * y) ** 2) + 1j * (np.exp(x) * np.sin(y))
+
+
 @dataclass(frozen=True)
 class DiagonalSSM:
     """H independent diagonal SISO systems (one per channel) with N stored modes each.
 
     A, B, C: c(H N) complex128; D: r(H) float64. See the module docstring for the conventions.
+    logA: c(H N) or None: log A where the layer has continuous parameters (dt * Lambda for ZOH).
+    A = exp(logA) rounds A to float64, which moves a slow pole's 1 - |A| by eps / (1 - |A|) relative
+    (2e-9 at |A| = 1 - 1e-7); the Gramian denominators 1 - a_i conj(a_j) = -expm1(log a_i + conj log a_j)
+    and the distance from the circle are formed from logA when it is given (``one_minus``).
     """
 
     A: np.ndarray
     B: np.ndarray
     C: np.ndarray
     D: np.ndarray
+    logA: np.ndarray | None = None
+
+    @classmethod
+    def from_log(cls, logA: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray) -> "DiagonalSSM":
+        """The system with A = exp(logA) that keeps logA (continuous parameters: logA = dt Lambda)."""
+        logA = np.atleast_2d(np.asarray(logA, dtype=np.complex128))
+        return cls(np.exp(logA), B, C, D, logA)
 
     def __post_init__(self) -> None:
         A = np.atleast_2d(np.asarray(self.A, dtype=np.complex128))
@@ -79,6 +100,17 @@ class DiagonalSSM:
         object.__setattr__(self, "B", B)
         object.__setattr__(self, "C", C)
         object.__setattr__(self, "D", D)
+        if self.logA is not None:
+            logA = np.atleast_2d(np.asarray(self.logA, dtype=np.complex128))
+            if logA.shape != A.shape:
+                raise ValueError(f"DiagonalSSM: logA must have A's shape {A.shape}, got {logA.shape}")
+            object.__setattr__(self, "logA", logA)
+
+    def one_minus(self) -> np.ndarray:
+        """r(H N): 1 - |A|, the distance from the unit circle; -expm1(Re logA) when logA is kept."""
+        if self.logA is not None:
+            return -np.expm1(self.logA.real)
+        return 1.0 - np.abs(self.A)
 
     # ---- shape and structure -------------------------------------------------------------
     @property
@@ -91,7 +123,7 @@ class DiagonalSSM:
 
     def real_modes(self) -> np.ndarray:
         """bool (H N): modes whose A is real (one real state number each); see REAL_MODE_RTOL."""
-        gap = np.maximum(1.0 - np.abs(self.A), 0.0)  # (H N) distance from the unit circle
+        gap = np.maximum(self.one_minus(), 0.0)  # (H N) distance from the unit circle
         return np.abs(self.A.imag) <= REAL_MODE_RTOL * gap
 
     def active_modes(self) -> np.ndarray:
@@ -120,7 +152,7 @@ class DiagonalSSM:
         order; the factor 2 counts the conjugate partner, and bounds a real mode's 2 Re(C B) too).
         Floors of the error bound are eps * a size factor * sensitivity() (balanced.py).
         """
-        gap = np.maximum(1.0 - np.abs(self.A), 1e-300)  # (H N)
+        gap = np.maximum(self.one_minus(), 1e-300)  # (H N)
         cb = np.abs(self.C * self.B)  # (H N)
         per_mode = 2.0 * cb * (np.abs(self.A) / gap ** 2 + 2.0 / gap)  # (H N)
         return np.sum(per_mode, axis=1) + np.abs(self.D)  # (H)
@@ -148,7 +180,8 @@ class DiagonalSSM:
     def channel(self, h: int | slice | np.ndarray) -> "DiagonalSSM":
         """The sub-batch of channels h (kept 2-D)."""
         idx = np.atleast_1d(np.arange(self.H)[h])
-        return DiagonalSSM(self.A[idx], self.B[idx], self.C[idx], self.D[idx])
+        return DiagonalSSM(self.A[idx], self.B[idx], self.C[idx], self.D[idx],
+                           None if self.logA is None else self.logA[idx])
 
     # ---- input-output maps: the float64 oracle -------------------------------------------
     def impulse_response(self, L: int) -> np.ndarray:
@@ -206,8 +239,9 @@ class DiagonalSSM:
     # ---- misc -----------------------------------------------------------------------------
     def concat_modes(self, other: "DiagonalSSM") -> "DiagonalSSM":
         """Parallel connection (sum of outputs) of two systems on the same channels; D adds."""
+        logA = None if self.logA is None or other.logA is None else np.concatenate([self.logA, other.logA], 1)
         return DiagonalSSM(np.concatenate([self.A, other.A], 1), np.concatenate([self.B, other.B], 1),
-                           np.concatenate([self.C, other.C], 1), self.D + other.D)
+                           np.concatenate([self.C, other.C], 1), self.D + other.D, logA)
 
     def astuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self.A, self.B, self.C, self.D

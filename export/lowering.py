@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from edgessm.errors import ExportError
+from edgessm.ssm import DiagonalSSM, cexpm1
 
 __all__ = ["LayerNormParams", "LinearParams", "SSMParams", "BlockParams", "ModelParams", "lower_model",
            "step_elementwise", "step_matrices", "chunk_matrix", "cexpm1"]
@@ -121,17 +122,16 @@ def _layernorm(mod: nn.Module, where: str) -> Optional[LayerNormParams]:
 _ACT_TYPES = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
 
 
-def ssm_params(layer: nn.Module, where: str) -> SSMParams:
-    """A DSS/S4D layer's delta-form step constants in complex128 (see S4DLayer.step_params)."""
-    needed = ("lambda_", "dt", "step_params")
-    if not all(hasattr(layer, k) for k in needed):
-        raise ExportError(f"{where}: SSM layer {type(layer).__name__} is not supported; export handles the "
-                          "diagonal S4D and DSS layers (config.layer='s4d' or 'dss')")
-    with torch.no_grad():
-        dtL = (layer.lambda_() * layer.dt()[:, None]).detach().cpu().numpy()  # c(H N)
-        A_m1, _, B, C = (t.detach().cpu().numpy() for t in layer.step_params(torch.complex128))  # c(H N) each
-        D = _np(layer.D)  # r(H)
-    p = SSMParams(dtL=dtL, A_m1=A_m1, B=B, C=C, D=D)
+def ssm_params(sys: DiagonalSSM, where: str) -> SSMParams:
+    """One layer's delta-form step constants in complex128, from its system (``edgessm.diagonal_systems``).
+
+    dtL = log A (the layer's dt Lambda, kept by the system), A_m1 = expm1(dtL) without cancellation.
+    """
+    if not isinstance(sys, DiagonalSSM):
+        raise ExportError(f"{where}: the SSM layer's system is a {type(sys).__name__}; export handles diagonal "
+                          "systems (DiagonalSSM)")
+    dtL = sys.logA if sys.logA is not None else np.log(sys.A)  # c(H N)
+    p = SSMParams(dtL=dtL.copy(), A_m1=cexpm1(dtL), B=sys.B.copy(), C=sys.C.copy(), D=sys.D.copy())
     for name in ("dtL", "A_m1", "B", "C", "D"):
         if not np.all(np.isfinite(getattr(p, name))):
             raise ExportError(f"{where}: NaN/Inf in the SSM parameters; retrain or use an earlier checkpoint")
@@ -154,6 +154,9 @@ def lower_model(model: nn.Module) -> ModelParams:
         mp.embedding = _np(model.encoder.weight)  # (V H)
     else:
         mp.encoder = _linear(model.encoder, "encoder")
+    from edgessm.model import diagonal_systems
+
+    systems = diagonal_systems(model)  # the SSM part is lowered from the systems, never from layer internals
     for i, blk in enumerate(model.blocks):
         where = f"block {i}"
         act = cfg.activation
@@ -170,7 +173,7 @@ def lower_model(model: nn.Module) -> ModelParams:
         else:
             mix = None
         mp.blocks.append(BlockParams(norm=_layernorm(blk.norm, f"{where} norm"), prenorm=bool(cfg.prenorm),
-                                     ssm=ssm_params(blk.ssm, where), activation=act, mixing=cfg.mixing, mix=mix))
+                                     ssm=ssm_params(systems[i], where), activation=act, mixing=cfg.mixing, mix=mix))
     mp.norm_f = _layernorm(model.norm_f, "final norm")
     mp.decoder = _linear(model.decoder, "decoder")
     for name, arr in _arrays(mp):
@@ -199,15 +202,6 @@ def _arrays(mp: ModelParams):
 
 
 # ---- complex helpers ---------------------------------------------------------------------
-def cexpm1(z: np.ndarray) -> np.ndarray:
-    """exp(z) - 1 for complex z without cancellation near 0 (numpy's expm1 is real-only).
-
-    Re = expm1(x) cos y - 2 sin^2(y/2), Im = exp(x) sin y.
-    """
-    x, y = z.real, z.imag
-    return (np.expm1(x) * np.cos(y) - 2.0 * np.sin(0.5 * y) ** 2) + 1j * (np.exp(x) * np.sin(y))
-
-
 def _stack(c: np.ndarray) -> np.ndarray:
     """c(... N) -> r(... 2N) = [Re | Im]."""
     return np.concatenate([c.real, c.imag], axis=-1)

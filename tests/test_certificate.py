@@ -231,3 +231,46 @@ def test_state_size_counts_one_number_per_real_mode():
     A[0, 1] = 0.7  # channel 0: two real modes (2 numbers); channel 1: one real, one pair (3)
     new = with_diagonal_systems(model, [DiagonalSSM(A, s.B, s.C, s.D)])
     assert new.state_size() == [5] and new.step_state_floats() == [8]
+
+
+# ---- continuous parameters: Gramian denominators from log A ---------------------------------------
+
+def _hsv_oracle_from_logs(logA, B, C, dps: int = 50) -> np.ndarray:
+    """HSVs of one channel whose A = exp(logA) is formed in mpmath (no float64 rounding of A)."""
+    mp = tb.mp
+    with mp.workdps(dps):
+        bl = []
+        for la, b, c in zip(logA, B, C):
+            a = mp.exp(mp.mpc(la.real, la.imag))
+            Ab = mp.matrix([[mp.re(a), -mp.im(a)], [mp.im(a), mp.re(a)]])
+            bb, cc = mp.mpc(b), mp.mpc(c)
+            bl.append((Ab, mp.matrix([[mp.re(bb)], [mp.im(bb)]]), mp.matrix([[2 * mp.re(cc), -2 * mp.im(cc)]]) * Ab))
+        off = np.cumsum([0] + [x[0].rows for x in bl])
+        P, Q = mp.zeros(off[-1], off[-1]), mp.zeros(off[-1], off[-1])
+        for i, (Ai, Bi, Ci) in enumerate(bl):
+            for j, (Aj, Bj, Cj) in enumerate(bl):
+                Pij, Qij = tb._stein(Ai, Aj, Bi * Bj.T), tb._stein(Ai.T, Aj.T, Ci.T * Cj)
+                for a in range(Ai.rows):
+                    for b in range(Aj.rows):
+                        P[off[i] + a, off[j] + b], Q[off[i] + a, off[j] + b] = Pij[a, b], Qij[a, b]
+        ev = mp.eig(P * Q, left=False, right=False)
+        return np.array(sorted((float(mp.sqrt(abs(mp.re(e)))) for e in ev), reverse=True))
+
+
+def test_slow_pole_hsvs_from_continuous_parameters():
+    # 1 - |A| = 1e-7 (Re Lambda = -1e-4, dt = 1e-3): from the rounded A the HSVs are 1e-9 off (the
+    # rounding of A itself, eps / (1 - |A|)); from logA = dt Lambda, measured 1.1e-13. Bar 1e-11.
+    logA = 1e-3 * np.array([-1e-4 + 0.7j, -0.5 + 2j, -0.3 + 5j])
+    B, C = np.ones(3, complex), np.array([0.3 + 0.2j, 1 - 0.5j, 0.2j])
+    o = _hsv_oracle_from_logs(logA, B, C)
+    s = DiagonalSSM.from_log(logA[None], B[None], C[None], np.zeros(1))
+    np.testing.assert_allclose(hankel_singular_values(s)[0], o, rtol=1e-11)
+
+
+def test_layers_keep_their_continuous_parameters():
+    lay = S4DLayer(3, 4, "s4d-lin", seed=0)
+    s = lay.to_diagonal()
+    with torch.no_grad():
+        ref = (lay.lambda_() * lay.dt()[:, None]).numpy()
+    np.testing.assert_array_equal(s.logA, ref)
+    np.testing.assert_allclose(s.A, np.exp(ref), rtol=1e-15)
