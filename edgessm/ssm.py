@@ -135,6 +135,29 @@ class DiagonalSSM:
         per_mode = np.where(self.real_modes(), 1, 2)  # (H N)
         return np.sum(np.where(self.active_modes(), per_mode, 0), axis=1)  # (H,)
 
+    def check(self, layer: object | None = None, *, stable: bool = True) -> None:
+        """The one validator of systems: UnstableSystemError naming the first bad channel (NaN/Inf, or |A| >= 1).
+
+        layer names the layer in the message (an int or a string, or None). Shapes are checked on
+        construction. stable=False checks finiteness only.
+        """
+        from .errors import UnstableSystemError
+
+        where = "" if layer is None else (f"layer {layer}: " if not isinstance(layer, str) else f"{layer}: ")
+        finite = (np.isfinite(self.A) & np.isfinite(self.B) & np.isfinite(self.C)).all(axis=1) & np.isfinite(self.D)  # (H)
+        if not finite.all():
+            h = int(np.flatnonzero(~finite)[0])
+            raise UnstableSystemError(f"{where}channel {h} has NaN/Inf in A, B, C or D; use a finite model "
+                                      f"(check the checkpoint or the training run)")
+        if not stable:
+            return
+        rad = self.spectral_radius() if self.N else np.zeros(self.H)  # (H)
+        if np.any(rad >= 1.0):
+            h = int(np.flatnonzero(rad >= 1.0)[0])
+            raise UnstableSystemError(f"{where}channel {h} has |A| = {rad[h]:.17g} >= 1 (unstable or marginal); "
+                                      f"balanced truncation and export need |A| < 1: retrain with a stable "
+                                      f"parametrisation or clip the eigenvalues")
+
     def is_finite(self) -> bool:
         return bool(np.all(np.isfinite(self.A)) and np.all(np.isfinite(self.B))
                     and np.all(np.isfinite(self.C)) and np.all(np.isfinite(self.D)))
@@ -150,7 +173,7 @@ class DiagonalSSM:
         d/dA = z C B / (z - A)^2 is at most |C B| / (1 - |A|)^2 and d/dB, d/dC at most |C B| / (1 - |A|);
         a relative perturbation eps of each moves ||G||_inf by at most eps * sensitivity() (to first
         order; the factor 2 counts the conjugate partner, and bounds a real mode's 2 Re(C B) too).
-        Floors of the error bound are eps * a size factor * sensitivity() (balanced.py).
+        Floors of the error bound are eps * a size factor * sensitivity() (reduce/reduction.py).
         """
         gap = np.maximum(self.one_minus(), 1e-300)  # (H N)
         cb = np.abs(self.C * self.B)  # (H N)

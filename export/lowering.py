@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgessm.errors import ExportError
+from edgessm.errors import EdgeSSMError, ExportError
 from edgessm.ssm import DiagonalSSM, cexpm1
 
 __all__ = ["LayerNormParams", "LinearParams", "SSMParams", "BlockParams", "ModelParams", "lower_model",
@@ -130,14 +130,14 @@ def ssm_params(sys: DiagonalSSM, where: str) -> SSMParams:
     if not isinstance(sys, DiagonalSSM):
         raise ExportError(f"{where}: the SSM layer's system is a {type(sys).__name__}; export handles diagonal "
                           "systems (DiagonalSSM)")
+    try:
+        sys.check(where)  # the one system validator: finite, |A| < 1
+    except EdgeSSMError as e:
+        raise ExportError(str(e)) from None
     dtL = sys.logA if sys.logA is not None else np.log(sys.A)  # c(H N)
-    p = SSMParams(dtL=dtL.copy(), A_m1=cexpm1(dtL), B=sys.B.copy(), C=sys.C.copy(), D=sys.D.copy())
-    for name in ("dtL", "A_m1", "B", "C", "D"):
-        if not np.all(np.isfinite(getattr(p, name))):
-            raise ExportError(f"{where}: NaN/Inf in the SSM parameters; retrain or use an earlier checkpoint")
-    if np.any(dtL.real >= 0):
-        raise ExportError(f"{where}: an SSM mode has Re(dt Lambda) >= 0 (|A| >= 1, unstable); fix the weights")
-    return p
+    if not np.all(np.isfinite(dtL)) or np.any(dtL.real >= 0):  # A = 0, or logA inconsistent with A
+        raise ExportError(f"{where}: an SSM mode has log A non-finite or Re(dt Lambda) >= 0; fix the weights")
+    return SSMParams(dtL=dtL.copy(), A_m1=cexpm1(dtL), B=sys.B.copy(), C=sys.C.copy(), D=sys.D.copy())
 
 
 def lower_model(model: nn.Module) -> ModelParams:

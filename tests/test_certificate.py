@@ -17,7 +17,7 @@ from scipy.linalg import block_diag
 
 slycot = pytest.importorskip("slycot")
 
-from edgessm.balanced import balanced_truncation, error_system, hankel_singular_values, hinf_norm  # noqa: E402
+from edgessm.reduce import balanced_truncation, error_system, hankel_singular_values, hinf_norm  # noqa: E402
 from edgessm.layers import S4DLayer  # noqa: E402
 from edgessm.ssm import DiagonalSSM  # noqa: E402
 
@@ -135,7 +135,7 @@ def test_api_warns_when_the_certificate_fails(monkeypatch):
     # a floor of zero and a bound far below the true error (a wrong bound is simulated, not produced)
     import dataclasses
 
-    from edgessm.balanced import certificate_warnings
+    from edgessm.reduce import certificate_warnings
     s = tb.make("s4d-lin", 8, 1e-2, H=2, seed=0)
     red = balanced_truncation(s, 3)
     fake = dataclasses.replace(red, bound=red.bound * 1e-6, floor=np.zeros(2))

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ssm import DiagonalSSM, cexpm1
+from ..ssm import DiagonalSSM, cexpm1
 
 __all__ = ["doubled_realisation", "node_logs", "cauchy_real_factor", "dense_pivoted_cholesky", "horizon_gramian",
            "real_rows", "real_gramian", "hankel_singular_values", "PIVOT_RTOL"]
