@@ -49,7 +49,7 @@ import numpy as np
 from ..ssm import DiagonalSSM, cexpm1
 
 __all__ = ["doubled_realisation", "node_logs", "cauchy_real_factor", "dense_pivoted_cholesky", "horizon_gramian",
-           "real_rows", "real_gramian", "hankel_singular_values", "PIVOT_RTOL"]
+           "real_rows", "real_gramian", "PIVOT_RTOL"]
 
 # Pivoted Cholesky stops when the largest remaining pivot is below PIVOT_RTOL times the first one.
 # A Gramian perturbation of relative size t moves sigma_i by about t sigma_1^2 / sigma_i (relative
@@ -262,12 +262,3 @@ def real_gramian(P: np.ndarray, real: np.ndarray) -> np.ndarray:
     """r(H 2N 2N): W P W^H, the real-coordinate Gramian of a doubled complex Hermitian one c(H M M)."""
     WP = real_rows(P, real)  # (H 2N M)
     return real_rows(np.conj(np.swapaxes(WP, 1, 2)), real).real  # (H 2N 2N) = W (W P)^H = W P W^H
-
-
-def hankel_singular_values(FQ: np.ndarray, FP: np.ndarray) -> np.ndarray:
-    """r(H K): sigma = sv(F_Q^T F_P), descending, from real Gramian factors P = F_P F_P^T, Q = F_Q F_Q^T.
-
-    The square-root method (Laub, Heath, Paige, Ward 1987; Tombs & Postlethwaite 1987): the HSVs
-    sqrt(eig(P Q)) are the singular values of the factor product, without forming P Q.
-    """
-    return np.linalg.svd(np.swapaxes(FQ, 1, 2) @ FP, compute_uv=False)  # (H K)
