@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError
 from ._common import ImportError_, Imported
 
-__all__ = ["FAMILIES", "import_model", "import_checkpoint", "check_import", "ImportError_", "Imported"]
+__all__ = ["FAMILIES", "import_model", "parse_sets", "source_options", "summary", "import_checkpoint", "check_import", "ImportError_", "Imported"]
 
 # family -> (module, entry point)
 FAMILIES = {"s4d": ("s4", "read_s4d"), "s4": ("s4", "read_s4"), "dss": ("dss", "read_dss"),
@@ -54,6 +54,22 @@ def _reader(family: str):
             raise ConfigError(f"--from {family}: this edgessm has no {family} importer yet; upgrade edgessm") from None
         raise
     return getattr(module, fn)
+
+
+def parse_sets(items) -> dict[str, Any]:
+    """KEY=VALUE strings -> {key: value}; VALUE is read as JSON when it parses (numbers, true, null, "x"), else a string."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. --set disc=bilinear")
+        try:
+            out[key] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key] = {"None": None, "True": True, "False": False}.get(val, val)  # Python spellings; 'none' stays a string
+    return out
 
 
 def source_options(config: Optional[str | os.PathLike | dict] = None, sets: Optional[dict[str, Any]] = None,

@@ -115,11 +115,13 @@ def _read_torch(p: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        detail = next((l.strip() for l in first if "GLOBAL" in l or "Unsupported" in l), first[0] if first else "")
+        import re
+
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        detail = f"it holds a {m.group(1)} object" if m else (str(e).strip().splitlines() or ["an object"])[0][:120]
         key = "['state_dict']" if p.suffix.lower() == ".ckpt" else ""
         raise CheckpointError(
-            f"{p} holds a Python object that safe loading (torch.load weights_only=True) refuses ({detail[:160]}); "
+            f"{p} has a Python object that safe loading (torch.load weights_only=True) refuses ({detail}); "
             f"edgessm never unpickles it. Re-save just the tensors where you trained: python -c \"import torch; "
             f"torch.save(torch.load('{p.name}', weights_only=False){key}, 'state_dict.pt')\"") from None
     except (RuntimeError, EOFError, OSError) as e:
