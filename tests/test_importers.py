@@ -471,3 +471,24 @@ def test_model_from_systems_needs_every_weight():
     _, imp = imported("s4", "s4-block-diag")
     with pytest.raises(ValueError, match="missing weights"):
         model_from_systems(imp.config, [l.system for l in imp.layers], {})
+
+
+def test_s4d_single_layer_import_reproduces_upstream_layer_output(tmp_path):
+    # One S4D module out of example.py's model, as a user with their own backbone has it.
+    sd = _state_dict()
+    torch.save({k[len("s4_layers.0."):]: v for k, v in sd.items() if k.startswith("s4_layers.0.")}, tmp_path / "l.pt")
+    model, imp = import_model(tmp_path / "l.pt", "s4d", {})
+    assert imp.level == "layer" and imp.layout == "B H L" and model.config.encoder == "none"
+    x = torch.from_numpy(np.load(DATA / "s4d-standalone" / "inputs.npy")[:2]).double()  # (B L 1)
+    u = x @ sd["encoder.weight"].double().T + sd["encoder.bias"].double()  # layer 0's input (postnorm: encoder out)
+    ref = np.load(DATA / "s4d-standalone" / "layer0_s4d_out.npy")  # (B H L) the S4D module's output upstream
+    assert rel(forward(model, u.transpose(1, 2).numpy(), "B H L"), ref) <= BAR
+
+
+@pytest.mark.parametrize("args", [["--fp16", "--chunk", "8"], ["--target", "cuda", "--chunk", "4"]])
+def test_layer_checkpoint_exports_every_graph_form(cli_imports, args):
+    d, out = cli_imports
+    ck, _ = out["s4"]
+    o = d / f"s4{'_'.join(args)}.onnx"
+    res = json.loads(run("export", ck, "-o", o, "--verify-steps", 32, *args, "--json").stdout)
+    assert set(res["parity"]) == {"step", "chunk"}  # export verified both graphs against the model (its own bars)
