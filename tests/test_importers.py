@@ -492,3 +492,15 @@ def test_layer_checkpoint_exports_every_graph_form(cli_imports, args):
     o = d / f"s4{'_'.join(args)}.onnx"
     res = json.loads(run("export", ck, "-o", o, "--verify-steps", 32, *args, "--json").stdout)
     assert set(res["parity"]) == {"step", "chunk"}  # export verified both graphs against the model (its own bars)
+
+
+def test_wrong_family_missing_tensor_and_edgessm_input_are_one_line(tmp_path, cli_imports):
+    _, out = cli_imports
+    o = tmp_path / "o.safetensors"
+    _fails("import", DATA / "dss" / "state_dict.pt", "--from", "s4", "-o", o, match="the keys look like --from dss", out=o)
+    sd = _s4_block()
+    del sd["layer.kernel.A_real"]
+    torch.save(sd, tmp_path / "cut.pt")
+    _fails("import", tmp_path / "cut.pt", "--from", "s4", "-o", o, match="'layer.kernel.A_real' is missing", out=o)
+    _fails("import", out["s4"][0], "--from", "s4", "-o", o, match="already an edgessm checkpoint", out=o)
+    _fails("import", DATA / "dss" / "state_dict.pt", "--from", "dss", "--set", "version", "-o", o, match="KEY=VALUE")

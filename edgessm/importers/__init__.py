@@ -26,13 +26,17 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ._common import ImportError_, Imported
+from ._common import ImportError_, Imported, NotFound
 
 __all__ = ["FAMILIES", "import_model", "parse_sets", "source_options", "summary", "import_checkpoint", "check_import", "ImportError_", "Imported"]
 
 # family -> (module, entry point)
 FAMILIES = {"s4d": ("s4", "read_s4d"), "s4": ("s4", "read_s4"), "dss": ("dss", "read_dss"),
             "s5": ("s5", "read"), "lru": ("lru", "read")}
+
+# key endings that identify each family's layers (for a hint when --from names the wrong one)
+_MARKS = {"s4d": ("kernel.log_A_real",), "s4": ("layer.kernel.inv_dt",), "dss": ("kernel.Lambda_log_neg_re", "kernel.W"),
+          "s5": ("Lambda_re",), "lru": ("nu_log",)}
 
 # The check's bar on a kernel recomputed from the stored (float32) parameters against the source's float64
 # formula: float32 storage of Lambda, dt and C B rounds them by ~6e-8 relative, and the phase error grows with
@@ -105,15 +109,37 @@ def import_model(path: str | os.PathLike, family: str, options: Optional[dict[st
     from ..model import model_from_systems
     from .formats import read_tensors
 
+    from ..errors import EdgeSSMError
+    from .formats import sniff
+
     read = _reader(family)
     tensors = read_tensors(path)
-    imp: Imported = read(tensors, dict(options or {}), prefix, str(path))
+    if sniff(path) == "safetensors" and _is_edgessm(path):
+        raise ImportError_(f"{path} is already an edgessm checkpoint; compress or export it directly")
+    try:
+        imp: Imported = read(tensors, dict(options or {}), prefix, str(path))
+    except NotFound as e:
+        guess = [f for f, marks in _MARKS.items() if f != family and any(k.endswith(m) for k in tensors for m in marks)]
+        raise ImportError_(f"{e}; {'the keys look like --from ' + ' or '.join(guess) if guess else 'is --from ' + family + ' right?'}") from None
+    except EdgeSSMError:
+        raise
+    except KeyError as e:  # a tensor the family's layout needs is absent
+        raise ImportError_(f"{path}: tensor {e} is missing for a {family} layer; is --from {family} (and --prefix) right?") from None
+    except (ValueError, IndexError) as e:  # shapes that do not fit the family's layout
+        raise ImportError_(f"{path}: the tensors do not have {family}'s shapes ({e}); is --from {family} right?") from None
     weights = {k: torch.as_tensor(np.asarray(v, np.float64)).float() for k, v in imp.weights.items()}
     for i, layer in enumerate(imp.layers):
         weights[f"blocks.{i}.ssm.log_dt"] = torch.as_tensor(layer.log_dt).float()
     model = model_from_systems(imp.config, [l.system for l in imp.layers], weights, [l.lambdas for l in imp.layers])
     model.eval()
     return model, imp
+
+
+def _is_edgessm(path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return "edgessm.format_version" in (f.metadata() or {})
 
 
 def check_import(model, imp: Imported, L: int, seed: int = 0) -> dict[str, Any]:

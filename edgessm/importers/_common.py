@@ -18,12 +18,16 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..ssm import DiagonalSSM
 
-__all__ = ["ImportError_", "SourceLayer", "Imported", "Options", "find_prefixes", "pick_prefix", "linear_weight",
+__all__ = ["ImportError_", "NotFound", "SourceLayer", "Imported", "Options", "find_prefixes", "pick_prefix", "linear_weight",
            "cexpm1", "activation_name", "complex_of", "with_prefix"]
 
 
 class ImportError_(ConfigError):
     """A source model or option that edgessm cannot represent exactly (one line: what, and what to do)."""
+
+
+class NotFound(ImportError_):
+    """The family's layer is not in the file (the driver adds which family the keys look like)."""
 
 
 @dataclass
@@ -113,7 +117,7 @@ def pick_prefix(found: list[str], prefix: Optional[str], what: str, path: str) -
                                f"{[f or '(top level)' for f in found][:8] or 'no prefix at all'}")
         return p
     if not found:
-        raise ImportError_(f"{path}: no {what} found (is this the right --from family?)")
+        raise NotFound(f"{path}: no {what} found")
     if len(found) > 1:
         shown = ", ".join(repr(f.rstrip('.')) for f in found[:8])
         raise ImportError_(f"{path} holds {len(found)} {what}s ({shown}{' ...' if len(found) > 8 else ''}); "
@@ -161,6 +165,10 @@ def activation_name(v: Any, family: str, key: str) -> str:
 
 
 def complex_of(a: np.ndarray) -> np.ndarray:
-    """view_as_real storage (... 2) -> complex128 (...)."""
+    """view_as_real storage (... 2) -> complex128 (...); a complex array (torch cfloat parameters) as it is."""
+    if np.iscomplexobj(a):
+        return np.asarray(a, np.complex128)
     a = np.asarray(a, np.float64)
+    if a.shape[-1:] != (2,):
+        raise ImportError_(f"a complex parameter stored as real needs a last axis of 2 (view_as_real), got shape {a.shape}")
     return a[..., 0] + 1j * a[..., 1]
