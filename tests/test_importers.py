@@ -120,6 +120,8 @@ def test_cli_import_writes_checkpoint_with_provenance(cli_imports, family, fixtu
     prov = m.provenance["import"]
     assert prov["family"] == family and prov["source"]["path"].endswith("state_dict.pt")
     assert len(prov["source"]["sha256"]) == 64 and prov["check"]["passed"]
+    if family == "dss":  # config.json records the training length: compress --horizon auto can use it
+        assert m.provenance["seq_len"] == 40
     x, ref = np.load(DATA / fixture / "inputs.npy"), np.load(DATA / fixture / "outputs.npy")
     y = forward(m, x, res["layout"])
     assert rel(y[:, -1] if level == "model" else y, ref) <= BAR  # the saved file, reloaded

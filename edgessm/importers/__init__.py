@@ -208,6 +208,9 @@ def import_checkpoint(path: str | os.PathLike, output: str | os.PathLike, family
                        "prefix": imp.prefix, "source_layout": imp.layout, "options": _jsonable(imp.options),
                        "assumed_defaults": imp.assumed, "exact_length": imp.exact_length,
                        "max_length": imp.max_length, "notes": imp.notes, "check": check}}
+    trained_at = imp.exact_length or (options or {}).get("_length")
+    if trained_at:  # the training length, when known: `compress --horizon auto` reads it
+        prov["seq_len"] = int(trained_at)
     save(model, out, provenance=prov)
     return {"output": str(out), "family": imp.family, "level": imp.level, "prefix": imp.prefix, "layout": imp.layout,
             "config": model.config.to_dict(), "assumed_defaults": imp.assumed, "exact_length": imp.exact_length,

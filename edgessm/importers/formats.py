@@ -194,7 +194,7 @@ def _read_msgpack(p: Path) -> Any:
     data = p.read_bytes()
     try:
         obj, end = _Unpacker(data).read(0)
-    except (IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError) as e:
+    except (IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{p} is not a readable msgpack file ({type(e).__name__}: {e}); re-save it") from None
     if end != len(data):
         raise CheckpointError(f"{p} has {len(data) - end} bytes after its msgpack object; re-save it")
