@@ -82,7 +82,7 @@ def _field_choices() -> dict[str, tuple[str, ...]]:
     from . import config
 
     return {"layer": config.LAYERS, "init": config.INITS, "mixing": config.MIXINGS, "pooling": config.POOLINGS,
-            "norm": config.NORMS, "activation": config.ACTIVATIONS}
+            "norm": config.NORMS, "activation": config.ACTIVATIONS, "encoder": config.ENDS, "decoder": config.ENDS}
 
 
 def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> Callable:
@@ -323,6 +323,9 @@ def _info_text(r: dict[str, Any]) -> str:
             rows.append(["test metrics", ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))])
         if prov.get("command"):
             rows.append(["made by", f"edgessm {prov['command']}" + (f" from {prov['parent']['path']}" if prov.get("parent") else "")])
+        imp = prov.get("import")
+        if isinstance(imp, dict) and isinstance(imp.get("source"), dict):
+            rows.append(["imported from", f"{imp.get('family')} {imp.get('level')}: {imp['source'].get('path')}"])
         red = prov.get("reduction")
         if red:
             bounds = [l.get("max_bound") for l in red.get("layers", [])]

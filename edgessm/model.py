@@ -173,7 +173,6 @@ def with_diagonal_systems(model: SSMModel, systems: list[DiagonalSSM]) -> SSMMod
     return new
 
 
-
 def model_from_systems(config: ModelConfig, systems: list[DiagonalSSM], weights: dict[str, torch.Tensor],
                        lambdas: Optional[list] = None) -> SSMModel:
     """A float32 S4D model built from per-layer discrete systems and its non-SSM weights, with no template model.
