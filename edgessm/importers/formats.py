@@ -119,15 +119,13 @@ def _read_torch(p: Path) -> dict[str, np.ndarray]:
 
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
         detail = f"it holds a {m.group(1)} object" if m else (str(e).strip().splitlines() or ["an object"])[0][:120]
-        key = "['state_dict']" if p.suffix.lower() == ".ckpt" else ""
         raise CheckpointError(
             f"{p} has a Python object that safe loading (torch.load weights_only=True) refuses ({detail}); "
             f"edgessm never unpickles it. Re-save just the tensors where you trained: python -c \"import torch; "
-            f"torch.save(torch.load('{p.name}', weights_only=False){key}, 'state_dict.pt')\"") from None
+            f"m = torch.load('{p.name}', weights_only=False); "
+            f"torch.save(m['state_dict'] if isinstance(m, dict) else m.state_dict(), 'state_dict.pt')\"") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{p} is a truncated or corrupt PyTorch file ({type(e).__name__}); re-save it") from None
-    if hasattr(obj, "state_dict") and not isinstance(obj, dict):
-        obj = obj.state_dict()
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model_state_dict", "model"):  # Lightning, common training loops
             inner = obj.get(wrapper)
