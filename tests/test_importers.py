@@ -546,3 +546,19 @@ def test_s4d_prenorm_model_against_a_numpy_transcription_of_example_py():
         h = h + v[..., :H] / (1 + np.exp(-v[..., H:]))  # GLU, residual
     ref = h.mean(1) @ t["decoder.weight"].T + t["decoder.bias"]  # (B O)
     assert rel(forward(model, x.astype(np.float32), imp.layout)[:, -1], ref) <= 1e-12  # float64 both ways
+
+
+def test_s4_hydra_run_config_is_read(tmp_path):
+    # The s4 repo saves each run's config as .hydra/config.yaml: the block's arguments sit under model.layer,
+    # with unresolved ${...} interpolations that are not values.
+    yaml = pytest.importorskip("yaml")
+    layer = {"_name_": "s4", "d_state": 64, "mode": "diag", "disc": "zoh", "dt_transform": "exp", "init": "diag-lin",
+             "real_transform": "exp", "imag_transform": "none", "bandlimit": None, "dt_fast": False,
+             "activation": "gelu", "l_max": "${oc.select:dataset.__l_max,null}", "transposed": False}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"_name_": "model", "layer": [layer]}}))
+    opts = source_options(tmp_path / "config.yaml")
+    assert "l_max" not in opts and opts["disc"] == "zoh" and "_name_" not in opts
+    model, imp = import_model(DATA / "s4-block-diag" / "state_dict.pt", "s4", opts)
+    assert imp.assumed == []
+    x, ref = np.load(DATA / "s4-block-diag" / "inputs.npy"), np.load(DATA / "s4-block-diag" / "outputs.npy")
+    assert rel(forward(model, x, imp.layout), ref) <= BAR

@@ -91,8 +91,19 @@ def source_options(config: Optional[str | os.PathLike | dict] = None, sets: Opti
         raw = config if isinstance(config, dict) else json_or_yaml(config)
         if isinstance(raw.get("constructor_resolved"), dict) or isinstance(raw.get("constructor"), dict):
             d = {**(raw.get("constructor") or {}), **(raw.get("constructor_resolved") or {})}
+        elif isinstance(raw.get("model"), dict) and isinstance(raw["model"].get("layer"), (dict, list)):
+            # an s4-repo hydra run config (.hydra/config.yaml): the block's arguments are model.layer
+            layer = raw["model"]["layer"]
+            if isinstance(layer, list):
+                if len(layer) != 1:
+                    raise ImportError_(f"config {config}: model.layer lists {len(layer)} layer types; pass the one "
+                                       "block's constructor arguments as a JSON object instead")
+                layer = layer[0]
+            d = {k: v for k, v in layer.items() if k != "_name_"}
         else:
             d = dict(raw)
+        # unresolved hydra interpolations (${...}) are not values: leave them to the defaults
+        d = {k: v for k, v in d.items() if not (isinstance(v, str) and v.startswith("${"))}
         if raw.get("training_length_L"):
             d["_length"] = int(raw["training_length_L"])
     d.update(sets or {})
