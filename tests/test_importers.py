@@ -562,3 +562,20 @@ def test_s4_hydra_run_config_is_read(tmp_path):
     assert imp.assumed == []
     x, ref = np.load(DATA / "s4-block-diag" / "inputs.npy"), np.load(DATA / "s4-block-diag" / "outputs.npy")
     assert rel(forward(model, x, imp.layout), ref) <= BAR
+
+
+def test_dss_glu_postact_is_read_from_the_keys(tmp_path):
+    rng = np.random.default_rng(4)
+    sd = _dss_synthetic(rng, H=4, N=5, version="exp")
+    del sd["output_linear.weight"], sd["output_linear.bias"]
+    sd["output_linear.0.weight"], sd["output_linear.0.bias"] = torch.randn(8, 4), torch.randn(8, 1)
+    torch.save(sd, tmp_path / "glu.pt")
+    model, imp = import_model(tmp_path / "glu.pt", "dss", {"version": "exp"})
+    assert model.config.mixing == "glu" and imp.options["postact"] == "glu"
+    u = torch.randn(2, 30, 4, dtype=torch.float64)
+    m = model.double().eval()
+    with torch.no_grad():
+        z = torch.nn.functional.gelu(m.blocks[0].ssm(u))  # conv + D u, activation
+        v = z @ sd["output_linear.0.weight"].double().T + sd["output_linear.0.bias"].double()[:, 0]
+        ref = v[..., :4] * torch.sigmoid(v[..., 4:])  # TransposedLinear + GLU over the channel axis
+        assert torch.allclose(m(u), ref, rtol=1e-12, atol=1e-12)

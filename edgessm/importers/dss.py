@@ -137,6 +137,9 @@ def read_dss(tensors: dict[str, np.ndarray], given: dict[str, Any], prefix: Opti
 
     # -- output_linear: LinearActivation(H, H, transposed, activation=postact, activate=True) --
     postact = opts.get("postact", math=False)
+    glu_keys = any(k.startswith("output_linear.0.") for k in t)  # Sequential(linear, GLU): the keys show it
+    if not opts.has("postact") and glu_keys:
+        postact = "glu"
     if postact is None:
         mix = linear_weight(t, "output_linear.")
         mixing, pre = "linear", "blocks.0.mixing."
@@ -159,6 +162,6 @@ def read_dss(tensors: dict[str, np.ndarray], given: dict[str, Any], prefix: Opti
              "each channel has its own dt and compression gives each channel its own modes"]
     layout = "B H L" if opts.get("transposed", math=False) else "B L H"
     return Imported("dss", "layer", cfg, [SourceLayer(system, keep, kernel, dtL / np.exp(keep)[:, None])],
-                    {pre + "weight": mix[0], pre + "bias": mix[1]}, {**opts.effective(), "version": version},
+                    {pre + "weight": mix[0], pre + "bias": mix[1]}, {**opts.effective(), "version": version, "postact": postact},
                     opts.assumed, exact_length=L_exact, max_length=int(mkl) if mkl else None, layout=layout,
                     prefix=p, notes=notes)
