@@ -301,6 +301,8 @@ def read_s4(tensors: dict[str, np.ndarray], given: dict[str, Any], prefix: Optio
     if dt.shape[1] > 1:
         notes.append("dt_tie=False: one dt per mode; edgessm keeps the per-channel geometric mean and folds the rest into Lambda")
     layout = "B H L" if opts.get("transposed", math=False) else "B L H"
-    return Imported("s4", "layer", cfg, [SourceLayer(system, log_dt, kernel, lambdas)], weights, opts.effective(),
+    in_effect = {**opts.effective(), "final_act": {"glu": "glu", "linear": "id", "none": None}[mixing],
+                 "is_real": is_real, "n_ssm": S, "dt_tie": dt.shape[1] == 1}
+    return Imported("s4", "layer", cfg, [SourceLayer(system, log_dt, kernel, lambdas)], weights, in_effect,
                     opts.assumed, exact_length=L_exact, max_length=int(l_max) if l_max else None, layout=layout,
                     prefix=p, notes=notes)
