@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import edgessm
 from edgessm.cli import main
-from edgessm.errors import CheckpointError, ConfigError
+from edgessm.errors import CheckpointError
 from edgessm.importers import check_import, import_model, source_options
 from edgessm.importers.formats import read_tensors, sniff
 
@@ -467,7 +467,6 @@ def test_weight_norm_output_linear_is_resolved(tmp_path):
 
 
 def test_model_from_systems_needs_every_weight():
-    from edgessm.config import ModelConfig
     from edgessm.model import model_from_systems
 
     _, imp = imported("s4", "s4-block-diag")

@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError
 from ._common import ImportError_, Imported, NotFound
 
-__all__ = ["FAMILIES", "import_model", "parse_sets", "source_options", "summary", "import_checkpoint", "check_import", "ImportError_", "Imported"]
+__all__ = ["FAMILIES", "import_model", "import_checkpoint", "check_import", "source_options", "parse_sets", "summary",
+           "ImportError_", "Imported"]
 
 # family -> (module, entry point)
 FAMILIES = {"s4d": ("s4", "read_s4d"), "s4": ("s4", "read_s4"), "dss": ("dss", "read_dss"),
