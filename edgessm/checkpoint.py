@@ -96,11 +96,17 @@ def _header(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for truncated / foreign files
+        from .importers.formats import describe_file
+
+        foreign = describe_file(p)  # a PyTorch pickle, .ckpt, .npz or msgpack: say what it is and what to run
+        if foreign:
+            raise CheckpointError(f"checkpoint {p} is not an edgessm checkpoint: {foreign}") from None
         raise CheckpointError(f"checkpoint {p} is not a readable safetensors file ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else 'corrupt header'}); re-save or re-download it") from None
     if "edgessm.format_version" not in meta:
-        raise CheckpointError(f"checkpoint {p} is a safetensors file but not an edgessm checkpoint "
-                              "(no edgessm.format_version metadata); train one with `edgessm train` or convert it")
+        raise CheckpointError(f"checkpoint {p} is a safetensors file but not an edgessm checkpoint (no edgessm "
+                              f"metadata): import it with `edgessm import {p} --from s4d|s4|dss|s5|lru -o model.safetensors`, "
+                              "or train one with `edgessm train`")
     try:
         version = int(meta["edgessm.format_version"])
     except ValueError:

@@ -82,7 +82,7 @@ def _field_choices() -> dict[str, tuple[str, ...]]:
     from . import config
 
     return {"layer": config.LAYERS, "init": config.INITS, "mixing": config.MIXINGS, "pooling": config.POOLINGS,
-            "norm": config.NORMS, "activation": config.ACTIVATIONS}
+            "norm": config.NORMS, "activation": config.ACTIVATIONS, "encoder": config.ENDS, "decoder": config.ENDS}
 
 
 def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> Callable:
@@ -323,6 +323,9 @@ def _info_text(r: dict[str, Any]) -> str:
             rows.append(["test metrics", ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))])
         if prov.get("command"):
             rows.append(["made by", f"edgessm {prov['command']}" + (f" from {prov['parent']['path']}" if prov.get("parent") else "")])
+        imp = prov.get("import")
+        if isinstance(imp, dict) and isinstance(imp.get("source"), dict):
+            rows.append(["imported from", f"{imp.get('family')} {imp.get('level')}: {imp['source'].get('path')}"])
         red = prov.get("reduction")
         if red:
             bounds = [l.get("max_bound") for l in red.get("layers", [])]
@@ -365,6 +368,29 @@ def compress(model_path, output, rank, energy, tol, layer_ranks, method, horizon
                         horizon=horizon, seed=seed)
     result = compress_checkpoint(model_path, output, spec, report_path=report_path, plot_path=plot_path)
     _emit(result, as_json, summary_table)
+
+
+# ---- import ---------------------------------------------------------------------------------------
+@main.command(name="import")
+@click.argument("source_path", type=click.Path(dir_okay=False))
+@click.option("--from", "family", required=True, type=click.Choice(["s4d", "s4", "dss", "s5", "lru"]),
+              help="the codebase that trained it: s4d (s4 models/s4/s4d.py, example.py), s4 (S4Block, mode='diag'), "
+                   "dss (ag1988/dss), s5, lru")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="JSON (or YAML) of the source's constructor arguments [default: the upstream defaults]")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="one constructor argument, over --config, e.g. --set disc=bilinear (repeatable)")
+@click.option("--prefix", default=None, help="where the layer/model sits in the file's keys, e.g. model.layers.0.layer")
+@click.option("--length", type=int, default=None,
+              help="the training length L, for kernels normalised over L (DSS softmax, S4 disc=dss); the check's L otherwise")
+@out_option
+@json_option
+def import_cmd(source_path, family, config_path, set_items, prefix, length, output, as_json):
+    """Import a model or layer trained with another codebase into an edgessm checkpoint, and check it."""
+    from .importers import import_checkpoint, parse_sets, source_options, summary
+
+    opts = source_options(config_path, parse_sets(set_items), length)
+    _emit(import_checkpoint(source_path, output, family, opts, prefix=prefix, length=length), as_json, summary)
 
 
 # ---- export -------------------------------------------------------------------------------------

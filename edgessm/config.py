@@ -19,6 +19,7 @@ MIXINGS = ("glu", "linear", "none")
 POOLINGS = ("mean", "last", "none")
 NORMS = ("layer", "none")
 ACTIVATIONS = ("gelu", "relu", "tanh", "identity")
+ENDS = ("linear", "none")
 
 
 @dataclass
@@ -42,6 +43,11 @@ class ModelConfig:
     norm: str = "layer"         # LayerNorm works per step, so the step graph reproduces it exactly
     prenorm: bool = True        # LayerNorm before the SSM (True) or after the residual (False)
     dropout: float = 0.0        # mnist1d at this size does not overfit badly; set 0.1 for larger tasks
+    # what surrounds the blocks; the defaults are edgessm's own model, the others describe imported ones
+    encoder: str = "linear"     # "linear": Linear(d_input, H) (Embedding when vocab_size > 0); "none": x is already (B L H), an imported layer for your own backbone
+    decoder: str = "linear"     # "linear": Linear(H, d_output); "none": the output is the last block's H channels
+    residual: bool = True       # h + block(h); False: the block's output alone (an S4Block or DSS layer carries no residual)
+    final_norm: bool = True     # with prenorm, a LayerNorm after the last block; s4's example.py prenorm S4Model has none
     # head: causal pooling so the step-by-step run reproduces the prediction at every step
     pooling: str = "mean"       # "mean": running mean of decoder outputs; "last": per-step output; "none": seq2seq
     # mode: "classification" (cross-entropy on the pooled last valid step) or "regression" (MSE)
@@ -61,11 +67,19 @@ class ModelConfig:
         one_of("pooling", POOLINGS)
         one_of("norm", NORMS)
         one_of("activation", ACTIVATIONS)
+        one_of("encoder", ENDS)
+        one_of("decoder", ENDS)
         if self.task_type not in ("classification", "regression"):
             raise ConfigError(f"config.task_type={self.task_type!r} is not one of classification, regression")
         for name in ("d_input", "d_output", "d_model", "n_layers", "d_state"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"config.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.encoder == "none" and (self.vocab_size > 0 or self.d_input != self.d_model):
+            raise ConfigError(f"config.encoder='none' feeds the input straight into the blocks, so it needs vocab_size=0 and "
+                              f"d_input == d_model, got vocab_size={self.vocab_size}, d_input={self.d_input}, d_model={self.d_model}")
+        if self.decoder == "none" and self.d_output != self.d_model:
+            raise ConfigError(f"config.decoder='none' outputs the blocks' channels, so it needs d_output == d_model, "
+                              f"got d_output={self.d_output}, d_model={self.d_model}")
         if self.layer_d_state is not None:
             self.layer_d_state = [int(n) for n in self.layer_d_state]
             if len(self.layer_d_state) != self.n_layers or min(self.layer_d_state) <= 0:

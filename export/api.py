@@ -241,6 +241,8 @@ def _task_info(prov: dict) -> tuple[str, Optional[list]]:
 
 
 def _output_meaning(cfg) -> str:
+    if getattr(cfg, "decoder", "linear") == "none":  # an imported layer: the backbone reads its channels
+        return f"the SSM layer's {cfg.d_model} output channels at this step (no decoder: the layer for your backbone)"
     what = "class logits" if cfg.task_type == "classification" else "regression outputs"
     if cfg.pooling == "mean":
         return f"{what}, causal running mean over the steps seen so far (read after the last valid step)"

@@ -80,6 +80,7 @@ class BlockParams:
     activation: str                 # gelu | relu | tanh | identity
     mixing: str                     # glu | linear | none
     mix: Optional[LinearParams]     # (H 2H) for glu, (H H) for linear
+    residual: bool = True           # h + z; False: z alone (an imported S4Block / DSS layer)
 
 
 @dataclass
@@ -89,10 +90,10 @@ class ModelParams:
     vocab_size: int
     H: int
     embedding: Optional[np.ndarray]       # r(V H) for token models
-    encoder: Optional[LinearParams]       # (d_input H) otherwise
+    encoder: Optional[LinearParams]       # (d_input H) otherwise; both None: x is already the H channels
     blocks: list[BlockParams] = field(default_factory=list)
     norm_f: Optional[LayerNormParams] = None
-    decoder: Optional[LinearParams] = None
+    decoder: Optional[LinearParams] = None  # None: y is the last block's H channels (config.decoder='none')
     pooling: str = "none"
 
 
@@ -148,7 +149,9 @@ def lower_model(model: nn.Module) -> ModelParams:
     H = cfg.d_model
     mp = ModelParams(d_input=cfg.d_input, d_output=cfg.d_output, vocab_size=cfg.vocab_size, H=H,
                      embedding=None, encoder=None, pooling=cfg.pooling)
-    if cfg.vocab_size > 0:
+    if cfg.encoder == "none":
+        pass  # x (B H) feeds the first block as it is
+    elif cfg.vocab_size > 0:
         if not isinstance(model.encoder, nn.Embedding):
             raise ExportError("encoder: a token model (vocab_size > 0) needs an nn.Embedding encoder")
         mp.embedding = _np(model.encoder.weight)  # (V H)
@@ -173,9 +176,10 @@ def lower_model(model: nn.Module) -> ModelParams:
         else:
             mix = None
         mp.blocks.append(BlockParams(norm=_layernorm(blk.norm, f"{where} norm"), prenorm=bool(cfg.prenorm),
-                                     ssm=ssm_params(systems[i], where), activation=act, mixing=cfg.mixing, mix=mix))
+                                     ssm=ssm_params(systems[i], where), activation=act, mixing=cfg.mixing, mix=mix,
+                                     residual=bool(cfg.residual)))
     mp.norm_f = _layernorm(model.norm_f, "final norm")
-    mp.decoder = _linear(model.decoder, "decoder")
+    mp.decoder = None if cfg.decoder == "none" else _linear(model.decoder, "decoder")
     for name, arr in _arrays(mp):
         if not np.all(np.isfinite(arr)):
             raise ExportError(f"{name}: NaN/Inf weights; retrain or use an earlier checkpoint")
