@@ -63,6 +63,14 @@ class Reduction:
         """r(H): the certified H-infinity error bound with its float64 floor (NaN where none exists)."""
         return self.bound if self.floor is None else self.bound + self.floor
 
+    def bound_holds(self, measured: np.ndarray | None = None) -> np.ndarray:
+        """bool (H): measured (default measured_hinf) <= certified() where a bound is claimed, True elsewhere."""
+        m = self.measured_hinf if measured is None else np.asarray(measured)
+        if m is None:
+            raise ValueError("bound_holds needs a measured error: reduce with measure=True or pass measured=")
+        c = self.certified()
+        return np.where(np.isfinite(c), m <= c, True)
+
     def report(self, *, measured: np.ndarray | None = None, gain: np.ndarray | None = None,
                storage: np.ndarray | None = None, saved: DiagonalSSM | None = None, layer: object | None = None,
                full: bool = True) -> dict[str, Any]:
