@@ -1,0 +1,391 @@
+/* edgessm fused step engine: the whole edgessm step graph (encoder, every block, head, pooling) in one call.
+
+   Built where it runs (gcc/cc, -O3, the host's instruction set) by edgessm/runtime/fused.py and called
+   through ctypes; the weights come from the ONNX file, so the graph stays the one artefact and
+   onnxruntime the portable fallback. C99 plus GCC vector extensions (gcc and clang on x86-64 and aarch64).
+
+   Dimensions: B streams (rows), H channels, N modes of a block, O = d_output, K/M a matmul's in/out.
+
+   One step, per row (export/graph.py writes the same network as ONNX nodes):
+       h = x W_enc + b_enc | E[x]                                            r(H)
+       per block:  z = LN(h) if prenorm else h
+                   SISO diagonal SSM, delta form, on the state X r(H 2N) = [Re x | Im x]:
+                     X' = X + (Ac * X + As * swap(X) + Bc * z)    (swap(X) = [Im x | Re x])
+                     y  = sum_j Cc_j X'_j + D z         (readout 0: from the updated state)
+                     y  = sum_j R_j X_j + R_2N z        (readout 1: from the old state, the "matrix" form)
+                   a = act(y);  m = mix(a) (glu: (a Wa + ba) * sigmoid(a Wg + bg), W = [Wa | Wg]);
+                   h = h + m;  h = LN(h) if postnorm
+       v = LN_f(h) W_dec + b_dec;  mean pooling: m' = m + (v - m) / (c + 1), pool = [m' | c + 1]
+   fp16 graphs: every node output that onnxruntime stores in float16 is rounded to float16 here
+   (round-to-nearest-even), the SSM and the pooling stay float32, as in the graph.
+
+   The model is a flat int64 descriptor plus one float32 weight array (offsets into it); a block starts
+   with its kind, so another block type (a MIMO LRU/S5 block: a shared complex state of P modes with dense
+   B (P H) and C (H P)) is a new kind and a new case in run_block, and an unknown kind is refused at load.
+   Rows are independent: a step is computed in tiles of TILE rows (the matmul reuses each weight row across
+   the tile), tiles are split over threads; every row's arithmetic is the same whatever the split, so
+   results are identical run to run and for any thread count.
+*/
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ESF_VERSION 1
+#define TILE 8            /* rows per tile: weight rows stay in L1 across the tile */
+#define HDR 16            /* descriptor header fields */
+#define BLK 24            /* fields per block */
+
+enum { KIND_SISO = 1 };
+enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_TANH = 2, ACT_GELU = 3 };
+enum { MIX_NONE = 0, MIX_LINEAR = 1, MIX_GLU = 2 };
+enum { ERR_OK = 0, ERR_VERSION = 1, ERR_KIND = 2, ERR_TOKEN = 3, ERR_THREAD = 4, ERR_SHAPE = 5 };
+
+/* header */
+enum { H_VERSION, H_DIN, H_VOCAB, H_H, H_O, H_NBLOCKS, H_POOL, H_ENC_W, H_ENC_B, H_NF_G, H_NF_B, H_NF_EPS,
+       H_DEC_W, H_DEC_B, H_POOL_STATE, H_FP16 };
+/* block fields */
+enum { B_KIND, B_N, B_STATE, B_PRENORM, B_LN_G, B_LN_B, B_LN_EPS, B_ACT, B_MIX, B_MIX_W, B_MIX_B, B_READOUT,
+       B_AC, B_AS, B_BC, B_CC, B_D };
+
+typedef struct {
+    const int64_t *desc;   /* HDR + BLK * n_blocks */
+    const float *w;        /* all weights */
+    float **state;         /* state tensors, each (B, ...) row-major, updated in place */
+    float *scratch;        /* nthreads * esf_scratch_floats(desc) floats */
+    int64_t B;             /* rows */
+    int64_t nthreads;      /* >= 1 */
+    const void *x;         /* float32 (B, d_in) or int64 (B,) */
+    float *y;              /* float32 (B, O) */
+} esf_ctx;
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+static inline v8 ld8(const float *p) { return *(const v8u *)p; }
+static inline void st8(float *p, v8 v) { *(v8u *)p = v; }
+
+/* float -> nearest float16 -> float (ties to even; overflow to inf; subnormals kept), portable bit code. */
+static inline float r16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = u & 0x80000000u, a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) return f;                       /* inf / nan */
+    if (a >= 0x477ff000u) { u = sign | 0x7f800000u; memcpy(&f, &u, 4); return f; }  /* >= 65520: inf */
+    if (a < 0x38800000u) {                                /* below 2^-14: float16 subnormal, step 2^-24 */
+        float step = 5.9604644775390625e-08f, v;
+        memcpy(&v, &a, 4);
+        v = nearbyintf(v / step) * step;                  /* exact: v / step is a power-of-two scaling */
+        memcpy(&a, &v, 4);
+        u = sign | a;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    uint32_t lsb = (a >> 13) & 1u;                        /* keep 10 mantissa bits, ties to even */
+    a = (a + 0x0fffu + lsb) & ~0x1fffu;
+    u = sign | a;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline void round_rows(float *v, int64_t n, int fp16) {
+    if (!fp16) return;
+    for (int64_t i = 0; i < n; i++) v[i] = r16(v[i]);
+}
+
+/* out[t, o] = bias[o] + sum_k in[t, k] W[k, o] for t < T rows; W r(K M) row-major (x @ W, as the graph).
+   Register tiles of 4 rows x 16 columns: each weight vector loaded once serves 4 rows. */
+static void matmul(int64_t T, int64_t K, int64_t M, const float *in, int64_t ldi, const float *W,
+                   const float *bias, float *out, int64_t ldo) {
+    int64_t o0 = 0;
+    for (; o0 + 16 <= M; o0 += 16) {
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) {
+            const float *i0 = in + t * ldi, *i1 = i0 + ldi, *i2 = i1 + ldi, *i3 = i2 + ldi;
+            v8 b0 = ld8(bias + o0), b1 = ld8(bias + o0 + 8);
+            v8 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1, a30 = b0, a31 = b1;
+            for (int64_t k = 0; k < K; k++) {
+                const float *wr = W + k * M + o0;
+                v8 w0 = ld8(wr), w1 = ld8(wr + 8);
+                a00 += i0[k] * w0; a01 += i0[k] * w1;
+                a10 += i1[k] * w0; a11 += i1[k] * w1;
+                a20 += i2[k] * w0; a21 += i2[k] * w1;
+                a30 += i3[k] * w0; a31 += i3[k] * w1;
+            }
+            float *r = out + t * ldo + o0;
+            st8(r, a00); st8(r + 8, a01); r += ldo;
+            st8(r, a10); st8(r + 8, a11); r += ldo;
+            st8(r, a20); st8(r + 8, a21); r += ldo;
+            st8(r, a30); st8(r + 8, a31);
+        }
+        for (; t < T; t++) {
+            const float *i0 = in + t * ldi;
+            v8 a0 = ld8(bias + o0), a1 = ld8(bias + o0 + 8);
+            for (int64_t k = 0; k < K; k++) {
+                const float *wr = W + k * M + o0;
+                a0 += i0[k] * ld8(wr); a1 += i0[k] * ld8(wr + 8);
+            }
+            st8(out + t * ldo + o0, a0); st8(out + t * ldo + o0 + 8, a1);
+        }
+    }
+    for (; o0 < M; o0++) {                                 /* column tail */
+        for (int64_t t = 0; t < T; t++) {
+            const float *i0 = in + t * ldi;
+            float a = bias[o0];
+            for (int64_t k = 0; k < K; k++) a += i0[k] * W[k * M + o0];
+            out[t * ldo + o0] = a;
+        }
+    }
+}
+
+/* LayerNormalization over the last axis (onnxruntime: mean, then the mean of squared deviations). */
+static void layernorm(int64_t T, int64_t H, const float *in, float *out, const float *g, const float *b,
+                      float eps, int fp16) {
+    for (int64_t t = 0; t < T; t++) {
+        const float *x = in + t * H;
+        float *o = out + t * H;
+        double mean = 0.0, var = 0.0;
+        for (int64_t i = 0; i < H; i++) mean += x[i];
+        mean /= (double)H;
+        for (int64_t i = 0; i < H; i++) { double d = x[i] - mean; var += d * d; }
+        var /= (double)H;
+        float inv = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
+        for (int64_t i = 0; i < H; i++) o[i] = (x[i] - m) * inv * g[i] + b[i];
+        round_rows(o, H, fp16);
+    }
+}
+
+static inline float act1(float v, int act) {
+    switch (act) {
+    case ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case ACT_TANH: return tanhf(v);
+    case ACT_GELU: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));  /* exact erf GELU */
+    default: return v;
+    }
+}
+
+static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+/* One SISO block on T rows starting at row r0. h r(T H) is updated in place; z, m are scratch. */
+static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t T, float *h, float *z,
+                       float *m) {
+    const float *w = c->w;
+    const int64_t H = c->desc[H_H], N = bd[B_N], N2 = 2 * N;
+    const int fp16 = (int)c->desc[H_FP16];
+    const int has_ln = bd[B_LN_G] >= 0;
+    const float eps = has_ln ? w[bd[B_LN_EPS]] : 0.0f;
+    if (has_ln && bd[B_PRENORM])
+        layernorm(T, H, h, z, w + bd[B_LN_G], w + bd[B_LN_B], eps, fp16);
+    else
+        memcpy(z, h, (size_t)(T * H) * sizeof(float));
+
+    /* diagonal recurrence, delta form, state rows X r(H 2N) */
+    const float *Ac = w + bd[B_AC], *As = w + bd[B_AS], *Bc = w + bd[B_BC], *Cc = w + bd[B_CC];
+    const float *D = bd[B_D] >= 0 ? w + bd[B_D] : NULL;
+    const int old_readout = (int)bd[B_READOUT];
+    float *S = c->state[bd[B_STATE]];
+    for (int64_t t = 0; t < T; t++) {
+        float *zt = z + t * H;
+        float *X = S + (r0 + t) * H * N2;
+        for (int64_t ch = 0; ch < H; ch++) {
+            float *xs = X + ch * N2;
+            const float *ac = Ac + ch * N2, *as = As + ch * N2, *bc = Bc + ch * N2;
+            const float u = zt[ch];
+            float y = 0.0f;
+            if (old_readout) {                               /* y from the old state: R (H 2N+1) */
+                const float *R = Cc + ch * (N2 + 1);
+                for (int64_t j = 0; j < N2; j++) y += R[j] * xs[j];
+                y += R[N2] * u;
+            }
+            for (int64_t n = 0; n < N; n++) {
+                float xr = xs[n], xi = xs[N + n];
+                float dr = ac[n] * xr + as[n] * xi + bc[n] * u;           /* swap(X)_n = Im x_n */
+                float di = ac[N + n] * xi + as[N + n] * xr + bc[N + n] * u; /* swap(X)_{N+n} = Re x_n */
+                xs[n] = xr + dr;
+                xs[N + n] = xi + di;
+            }
+            if (!old_readout) {
+                const float *cc = Cc + ch * N2;
+                for (int64_t j = 0; j < N2; j++) y += cc[j] * xs[j];
+                y += D[ch] * u;
+            }
+            zt[ch] = y;
+        }
+        if (fp16) round_rows(zt, H, 1);                      /* Cast back to float16 after the SSM */
+    }
+
+    /* activation */
+    const int act = (int)bd[B_ACT];
+    if (act != ACT_IDENTITY)
+        for (int64_t i = 0; i < T * H; i++) z[i] = act1(z[i], act);
+    round_rows(z, T * H, fp16 && act != ACT_IDENTITY);
+
+    /* mixing and residual */
+    const int mix = (int)bd[B_MIX];
+    if (mix == MIX_NONE) {
+        for (int64_t i = 0; i < T * H; i++) h[i] += z[i];
+    } else if (mix == MIX_LINEAR) {
+        matmul(T, H, H, z, H, w + bd[B_MIX_W], w + bd[B_MIX_B], m, H);
+        round_rows(m, T * H, fp16);
+        for (int64_t i = 0; i < T * H; i++) h[i] += m[i];
+    } else {                                                 /* GLU: m r(T 2H) = [a | g] */
+        matmul(T, H, 2 * H, z, H, w + bd[B_MIX_W], w + bd[B_MIX_B], m, 2 * H);
+        round_rows(m, T * 2 * H, fp16);
+        for (int64_t t = 0; t < T; t++) {
+            float *a = m + t * 2 * H, *g = a + H, *ht = h + t * H;
+            for (int64_t i = 0; i < H; i++) {
+                float s = sigmoid(g[i]), p;
+                if (fp16) s = r16(s);
+                p = a[i] * s;
+                if (fp16) p = r16(p);
+                ht[i] += p;
+            }
+        }
+    }
+    round_rows(h, T * H, fp16);
+    if (has_ln && !bd[B_PRENORM]) {
+        layernorm(T, H, h, z, w + bd[B_LN_G], w + bd[B_LN_B], eps, fp16);
+        memcpy(h, z, (size_t)(T * H) * sizeof(float));
+    }
+}
+
+/* floats of scratch one thread needs */
+int64_t esf_scratch_floats(const int64_t *desc) {
+    const int64_t H = desc[H_H], O = desc[H_O], din = desc[H_DIN];
+    return TILE * (H + H + 2 * H + O + din);
+}
+
+int64_t esf_version(void) { return ESF_VERSION; }
+
+/* Validate a descriptor once at load: 0 if this build runs it. */
+int64_t esf_check(const int64_t *desc, int64_t n_desc) {
+    if (n_desc < HDR || desc[H_VERSION] != ESF_VERSION) return ERR_VERSION;
+    const int64_t nb = desc[H_NBLOCKS];
+    if (nb < 0 || n_desc != HDR + BLK * nb || desc[H_H] < 1 || desc[H_O] < 1) return ERR_SHAPE;
+    for (int64_t i = 0; i < nb; i++) {
+        const int64_t *bd = desc + HDR + BLK * i;
+        if (bd[B_KIND] != KIND_SISO) return ERR_KIND;
+        if (bd[B_N] < 1 || bd[B_ACT] < 0 || bd[B_ACT] > ACT_GELU || bd[B_MIX] < 0 || bd[B_MIX] > MIX_GLU)
+            return ERR_SHAPE;
+    }
+    return ERR_OK;
+}
+
+/* rows [r0, r1) of one step */
+static int64_t run_rows(const esf_ctx *c, int64_t r0, int64_t r1, float *scr) {
+    const int64_t *d = c->desc;
+    const int64_t H = d[H_H], O = d[H_O], din = d[H_DIN], V = d[H_VOCAB], nb = d[H_NBLOCKS];
+    const int fp16 = (int)d[H_FP16];
+    const float *w = c->w;
+    float *h = scr, *z = h + TILE * H, *m = z + TILE * H, *v = m + TILE * 2 * H, *xc = v + TILE * O;
+    for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
+        const int64_t T = (r1 - t0) < TILE ? (r1 - t0) : TILE;
+        /* encoder */
+        if (V > 0) {
+            const int64_t *tok = (const int64_t *)c->x + t0;
+            for (int64_t t = 0; t < T; t++)                  /* ids were checked in esf_step */
+                memcpy(h + t * H, w + d[H_ENC_W] + tok[t] * H, (size_t)H * sizeof(float));
+        } else {
+            const float *x = (const float *)c->x + t0 * din;
+            if (fp16) {                                      /* Cast(x) to float16 first */
+                for (int64_t i = 0; i < T * din; i++) xc[i] = r16(x[i]);
+                x = xc;
+            }
+            matmul(T, din, H, x, din, w + d[H_ENC_W], w + d[H_ENC_B], h, H);
+            round_rows(h, T * H, fp16);
+        }
+        /* blocks */
+        for (int64_t i = 0; i < nb; i++) {
+            const int64_t *bd = d + HDR + BLK * i;
+            block_siso(c, bd, t0, T, h, z, m);              /* the only kind esf_check admits */
+        }
+        /* head */
+        const float *hv = h;
+        if (d[H_NF_G] >= 0) {
+            layernorm(T, H, h, z, w + d[H_NF_G], w + d[H_NF_B], w[d[H_NF_EPS]], fp16);
+            hv = z;
+        }
+        matmul(T, H, O, hv, H, w + d[H_DEC_W], w + d[H_DEC_B], v, O);
+        round_rows(v, T * O, fp16);
+        float *y = c->y + t0 * O;
+        if (d[H_POOL]) {                                     /* running mean, state [m (O) | count (1)] */
+            float *P = c->state[d[H_POOL_STATE]] + t0 * (O + 1);
+            for (int64_t t = 0; t < T; t++) {
+                float *p = P + t * (O + 1);
+                float c1 = p[O] + 1.0f;
+                for (int64_t o = 0; o < O; o++) {
+                    float mo = p[o] + (v[t * O + o] - p[o]) / c1;
+                    y[t * O + o] = mo;
+                    p[o] = mo;
+                }
+                p[O] = c1;
+            }
+        } else {
+            memcpy(y, v, (size_t)(T * O) * sizeof(float));
+        }
+    }
+    return ERR_OK;
+}
+
+typedef struct { const esf_ctx *c; int64_t r0, r1; float *scr; int64_t rc; } job_t;
+
+static void *run_job(void *p) {
+    job_t *j = (job_t *)p;
+    j->rc = run_rows(j->c, j->r0, j->r1, j->scr);
+    return NULL;
+}
+
+#define MAX_THREADS 64
+#define MIN_ROWS_PER_THREAD 16  /* below this a thread start (~10-30 us) costs more than it saves */
+
+/* One step for all rows. Returns 0, or ERR_TOKEN (a token id out of range) with nothing changed. */
+int64_t esf_step(const esf_ctx *c) {
+    const int64_t B = c->B, per = esf_scratch_floats(c->desc), V = c->desc[H_VOCAB];
+    if (V > 0) {
+        const int64_t *tok = (const int64_t *)c->x;
+        for (int64_t b = 0; b < B; b++)
+            if (tok[b] < 0 || tok[b] >= V) return ERR_TOKEN;
+    }
+    int64_t nt = c->nthreads < 1 ? 1 : (c->nthreads > MAX_THREADS ? MAX_THREADS : c->nthreads);
+    const int64_t max_nt = (B + MIN_ROWS_PER_THREAD - 1) / MIN_ROWS_PER_THREAD;
+    if (nt > max_nt) nt = max_nt;
+    if (nt <= 1) return run_rows(c, 0, B, c->scratch);
+    pthread_t tid[MAX_THREADS];
+    job_t jobs[MAX_THREADS];
+    /* split on tile boundaries so each row's tile mates, hence nothing about its arithmetic, depend on nt */
+    const int64_t tiles = (B + TILE - 1) / TILE;
+    int64_t started = 0, rc = ERR_OK;
+    for (int64_t k = 0; k < nt; k++) {
+        int64_t a = tiles * k / nt * TILE, b = tiles * (k + 1) / nt * TILE;
+        jobs[k] = (job_t){c, a, b < B ? b : B, c->scratch + k * per, ERR_OK};
+    }
+    for (int64_t k = 1; k < nt; k++) {
+        if (pthread_create(&tid[k], NULL, run_job, &jobs[k]) != 0) break;
+        started = k;
+    }
+    for (int64_t k = started + 1; k < nt; k++) run_job(&jobs[k]);   /* threads that did not start */
+    run_job(&jobs[0]);
+    for (int64_t k = 1; k <= started; k++) pthread_join(tid[k], NULL);
+    for (int64_t k = 0; k < nt; k++) if (jobs[k].rc != ERR_OK) rc = jobs[k].rc;
+    return rc;
+}
+
+/* L steps: x (B, L, d_in) float32 or (B, L) int64, y (B, L, O); gathers each step into the ctx buffers. */
+int64_t esf_run(esf_ctx *c, const void *xs, float *ys, int64_t L, void *xbuf) {
+    const int64_t B = c->B, O = c->desc[H_O], V = c->desc[H_VOCAB];
+    const int64_t esz = V > 0 ? (int64_t)sizeof(int64_t) : (int64_t)sizeof(float) * c->desc[H_DIN];
+    const void *x0 = c->x;
+    float *y0 = c->y;
+    for (int64_t t = 0; t < L; t++) {
+        for (int64_t b = 0; b < B; b++)
+            memcpy((char *)xbuf + b * esz, (const char *)xs + (b * L + t) * esz, (size_t)esz);
+        c->x = xbuf;
+        int64_t rc = esf_step(c);
+        if (rc != ERR_OK) { c->x = x0; return rc; }
+        for (int64_t b = 0; b < B; b++)
+            memcpy(ys + (b * L + t) * O, c->y + b * O, (size_t)O * sizeof(float));
+    }
+    c->x = x0;
+    c->y = y0;
+    return ERR_OK;
+}
