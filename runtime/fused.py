@@ -49,6 +49,7 @@ __all__ = ["FusedUnavailable", "FusedPlan", "plan_from_onnx", "load_library", "F
 SOURCE = Path(__file__).with_name("csrc") / "edgessm_fused.c"
 ESF_VERSION = 1
 HDR, BLK = 16, 24                     # descriptor layout, as in the C source
+PW = 16                               # the C matmul's weight panel width
 KIND_SISO = 1
 ACTS = {"identity": 0, "relu": 1, "tanh": 2, "gelu": 3}
 MIXES = {"none": 0, "linear": 1, "glu": 2}
@@ -101,6 +102,18 @@ class _Weights:
         self.parts.append(a)
         self.n += a.size
         return off
+
+    def matrix(self, Wm: np.ndarray) -> int:
+        """W r(K M) in the C matmul's column panels: Wp[p, k, j] = W[k, p PW + j], zero past M."""
+        K, M = Wm.shape
+        n_p = -(-M // PW)
+        Wp = np.zeros((K, n_p * PW), np.float32)
+        Wp[:, :M] = Wm
+        return self.add(Wp.reshape(K, n_p, PW).transpose(1, 0, 2))
+
+    def bias(self, b: np.ndarray) -> int:
+        """A bias zero-padded to whole panels (the C code loads it 8 at a time)."""
+        return self.add(np.concatenate([b, np.zeros(-(-b.size // PW) * PW - b.size)]))
 
     def array(self) -> np.ndarray:
         out = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
@@ -272,7 +285,7 @@ def plan_from_onnx(data: bytes) -> FusedPlan:
         d_in, H = Wm.shape
         Wm, b = _gemm(G, enc[0], d_in, H, "encoder")
         tokens, V = False, 0
-        desc[7], desc[8] = W.add(Wm), W.add(b)
+        desc[7], desc[8] = W.matrix(Wm), W.bias(b)
     else:
         raise FusedUnavailable(f"encoder: {[n.op for n in enc]} is neither Gemm nor Gather")
     precision = "fp16" if G.inits[enc[0].inputs[0 if tokens else 1]].dtype == np.float16 else "fp32"
@@ -343,7 +356,7 @@ def plan_from_onnx(data: bytes) -> FusedPlan:
             d[4], d[5], d[6] = W.add(gam), W.add(bet), W.add([eps])
         d[7], d[8] = ACTS[act], MIXES[mixing]
         if Wm is not None:
-            d[9], d[10] = W.add(Wm), W.add(bm)
+            d[9], d[10] = W.matrix(Wm), W.bias(bm)
         d[11] = ssm["readout"]
         d[12], d[13], d[14], d[15] = W.add(ssm["Ac"]), W.add(ssm["As"]), W.add(ssm["Bc"]), W.add(ssm["Cc"])
         d[16] = W.add(ssm["D"]) if ssm["D"] is not None else -1
@@ -363,7 +376,7 @@ def plan_from_onnx(data: bytes) -> FusedPlan:
     if lnf:
         gam, bet, eps = _layernorm(G, lnf[0], H, "final norm")
         desc[9], desc[10], desc[11] = W.add(gam), W.add(bet), W.add([eps])
-    desc[12], desc[13] = W.add(Wd), W.add(bd)
+    desc[12], desc[13] = W.matrix(Wd), W.bias(bd)
     pool_ops = {n.op for _, n in G.nodes("pool")}
     if pooled:
         _only(pool_ops, {"Split", "Add", "Sub", "Div", "Concat"}, "pool")

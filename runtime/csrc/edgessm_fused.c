@@ -93,49 +93,111 @@ static inline void round_rows(float *v, int64_t n, int fp16) {
     for (int64_t i = 0; i < n; i++) v[i] = r16(v[i]);
 }
 
-/* out[t, o] = bias[o] + sum_k in[t, k] W[k, o] for t < T rows; W r(K M) row-major (x @ W, as the graph).
-   Register tiles of 4 rows x 16 columns: each weight vector loaded once serves 4 rows. */
-static void matmul(int64_t T, int64_t K, int64_t M, const float *in, int64_t ldi, const float *W,
-                   const float *bias, float *out, int64_t ldo) {
-    int64_t o0 = 0;
-    for (; o0 + 16 <= M; o0 += 16) {
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) {
-            const float *i0 = in + t * ldi, *i1 = i0 + ldi, *i2 = i1 + ldi, *i3 = i2 + ldi;
-            v8 b0 = ld8(bias + o0), b1 = ld8(bias + o0 + 8);
+/* out[t, o] = bias[o] + sum_k in[t, k] W[k, o] for t < T rows, o < M (x @ W, as the graph).
+   W is stored in column panels of PW = 16: Wp[(p K + k) PW + j] = W[k, p PW + j], zero past M, and the bias
+   is zero-padded to a whole panel, so every weight read is a sequential stream (fused.py packs them).
+   Register tiles keep 8 accumulators in flight (an FMA's latency is ~4 cycles, 2 issue a cycle):
+   4 rows x 1 panel (each weight vector loaded once serves 4 rows), or 1 row x 4 panels. */
+#define PW 16
+static inline void store_cols(float *dst, v8 a0, v8 a1, int64_t cols) {
+    if (cols >= PW) { st8(dst, a0); st8(dst + 8, a1); return; }
+    float tmp[PW];
+    st8(tmp, a0); st8(tmp + 8, a1);
+    for (int64_t j = 0; j < cols; j++) dst[j] = tmp[j];
+}
+
+static void matmul(int64_t T, int64_t K, int64_t M, const float *restrict in, int64_t ldi,
+                   const float *restrict Wp, const float *restrict bias, float *restrict out, int64_t ldo) {
+    const int64_t np = (M + PW - 1) / PW;
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) {
+        const float *i0 = in + t * ldi, *i1 = i0 + ldi, *i2 = i1 + ldi, *i3 = i2 + ldi;
+        for (int64_t p = 0; p < np; p++) {
+            const float *wp = Wp + p * K * PW;
+            v8 b0 = ld8(bias + p * PW), b1 = ld8(bias + p * PW + 8);
             v8 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1, a30 = b0, a31 = b1;
             for (int64_t k = 0; k < K; k++) {
-                const float *wr = W + k * M + o0;
-                v8 w0 = ld8(wr), w1 = ld8(wr + 8);
+                v8 w0 = ld8(wp + k * PW), w1 = ld8(wp + k * PW + 8);
                 a00 += i0[k] * w0; a01 += i0[k] * w1;
                 a10 += i1[k] * w0; a11 += i1[k] * w1;
                 a20 += i2[k] * w0; a21 += i2[k] * w1;
                 a30 += i3[k] * w0; a31 += i3[k] * w1;
             }
-            float *r = out + t * ldo + o0;
-            st8(r, a00); st8(r + 8, a01); r += ldo;
-            st8(r, a10); st8(r + 8, a11); r += ldo;
-            st8(r, a20); st8(r + 8, a21); r += ldo;
-            st8(r, a30); st8(r + 8, a31);
+            const int64_t cols = M - p * PW;
+            float *r = out + t * ldo + p * PW;
+            store_cols(r, a00, a01, cols); r += ldo;
+            store_cols(r, a10, a11, cols); r += ldo;
+            store_cols(r, a20, a21, cols); r += ldo;
+            store_cols(r, a30, a31, cols);
         }
-        for (; t < T; t++) {
-            const float *i0 = in + t * ldi;
-            v8 a0 = ld8(bias + o0), a1 = ld8(bias + o0 + 8);
+    }
+    for (; t < T; t++) {
+        const float *i0 = in + t * ldi;
+        float *r = out + t * ldo;
+        int64_t p = 0;
+        for (; p + 4 <= np; p += 4) {
+            const float *w0 = Wp + p * K * PW, *w1 = w0 + K * PW, *w2 = w1 + K * PW, *w3 = w2 + K * PW;
+            const float *bp = bias + p * PW;
+            v8 a0 = ld8(bp), a1 = ld8(bp + 8), a2 = ld8(bp + 16), a3 = ld8(bp + 24);
+            v8 a4 = ld8(bp + 32), a5 = ld8(bp + 40), a6 = ld8(bp + 48), a7 = ld8(bp + 56);
             for (int64_t k = 0; k < K; k++) {
-                const float *wr = W + k * M + o0;
-                a0 += i0[k] * ld8(wr); a1 += i0[k] * ld8(wr + 8);
+                const float xv = i0[k];
+                a0 += xv * ld8(w0 + k * PW); a1 += xv * ld8(w0 + k * PW + 8);
+                a2 += xv * ld8(w1 + k * PW); a3 += xv * ld8(w1 + k * PW + 8);
+                a4 += xv * ld8(w2 + k * PW); a5 += xv * ld8(w2 + k * PW + 8);
+                a6 += xv * ld8(w3 + k * PW); a7 += xv * ld8(w3 + k * PW + 8);
             }
-            st8(out + t * ldo + o0, a0); st8(out + t * ldo + o0 + 8, a1);
+            store_cols(r + p * PW, a0, a1, M - p * PW);
+            store_cols(r + (p + 1) * PW, a2, a3, M - (p + 1) * PW);
+            store_cols(r + (p + 2) * PW, a4, a5, M - (p + 2) * PW);
+            store_cols(r + (p + 3) * PW, a6, a7, M - (p + 3) * PW);
+        }
+        for (; p < np; p++) {
+            const float *wp = Wp + p * K * PW;
+            v8 a0 = ld8(bias + p * PW), a1 = ld8(bias + p * PW + 8), c0 = {0}, c1 = {0};
+            int64_t k = 0;
+            for (; k + 2 <= K; k += 2) {                       /* two chains per half: latency, not issue */
+                a0 += i0[k] * ld8(wp + k * PW); a1 += i0[k] * ld8(wp + k * PW + 8);
+                c0 += i0[k + 1] * ld8(wp + (k + 1) * PW); c1 += i0[k + 1] * ld8(wp + (k + 1) * PW + 8);
+            }
+            for (; k < K; k++) { a0 += i0[k] * ld8(wp + k * PW); a1 += i0[k] * ld8(wp + k * PW + 8); }
+            store_cols(r + p * PW, a0 + c0, a1 + c1, M - p * PW);
         }
     }
-    for (; o0 < M; o0++) {                                 /* column tail */
-        for (int64_t t = 0; t < T; t++) {
-            const float *i0 = in + t * ldi;
-            float a = bias[o0];
-            for (int64_t k = 0; k < K; k++) a += i0[k] * W[k * M + o0];
-            out[t * ldo + o0] = a;
-        }
+}
+
+static inline float hsum8(v8 v) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* One channel of a SISO diagonal SSM, delta form (see the top): updates xs r(2N) in place, returns y.
+   8 modes at a time in vector registers, the rest one by one. */
+static inline float ssm_channel(float *restrict xs, const float *restrict ac, const float *restrict as,
+                                const float *restrict bc, const float *restrict cc, float d, float u, int64_t N,
+                                int old_readout) {
+    v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+    float y = 0.0f;
+    int64_t n = 0;
+    for (; n + 8 <= N; n += 8) {
+        v8 xr = ld8(xs + n), xi = ld8(xs + N + n);
+        if (old_readout) acc += ld8(cc + n) * xr + ld8(cc + N + n) * xi;
+        v8 nr = xr + (ld8(ac + n) * xr + ld8(as + n) * xi + ld8(bc + n) * u);
+        v8 ni = xi + (ld8(ac + N + n) * xi + ld8(as + N + n) * xr + ld8(bc + N + n) * u);
+        st8(xs + n, nr);
+        st8(xs + N + n, ni);
+        if (!old_readout) acc += ld8(cc + n) * nr + ld8(cc + N + n) * ni;
     }
+    for (; n < N; n++) {
+        float xr = xs[n], xi = xs[N + n];
+        if (old_readout) y += cc[n] * xr + cc[N + n] * xi;
+        float nr = xr + (ac[n] * xr + as[n] * xi + bc[n] * u);         /* swap(X)_n = Im x_n */
+        float ni = xi + (ac[N + n] * xi + as[N + n] * xr + bc[N + n] * u); /* swap(X)_{N+n} = Re x_n */
+        xs[n] = nr;
+        xs[N + n] = ni;
+        if (!old_readout) y += cc[n] * nr + cc[N + n] * ni;
+    }
+    y += hsum8(acc);
+    return y + (old_readout ? cc[2 * N] * u : d * u);          /* R's last column, or the D skip */
 }
 
 /* LayerNormalization over the last axis (onnxruntime: mean, then the mean of squared deviations). */
@@ -187,30 +249,14 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
     for (int64_t t = 0; t < T; t++) {
         float *zt = z + t * H;
         float *X = S + (r0 + t) * H * N2;
-        for (int64_t ch = 0; ch < H; ch++) {
-            float *xs = X + ch * N2;
-            const float *ac = Ac + ch * N2, *as = As + ch * N2, *bc = Bc + ch * N2;
-            const float u = zt[ch];
-            float y = 0.0f;
-            if (old_readout) {                               /* y from the old state: R (H 2N+1) */
-                const float *R = Cc + ch * (N2 + 1);
-                for (int64_t j = 0; j < N2; j++) y += R[j] * xs[j];
-                y += R[N2] * u;
-            }
-            for (int64_t n = 0; n < N; n++) {
-                float xr = xs[n], xi = xs[N + n];
-                float dr = ac[n] * xr + as[n] * xi + bc[n] * u;           /* swap(X)_n = Im x_n */
-                float di = ac[N + n] * xi + as[N + n] * xr + bc[N + n] * u; /* swap(X)_{N+n} = Re x_n */
-                xs[n] = xr + dr;
-                xs[N + n] = xi + di;
-            }
-            if (!old_readout) {
-                const float *cc = Cc + ch * N2;
-                for (int64_t j = 0; j < N2; j++) y += cc[j] * xs[j];
-                y += D[ch] * u;
-            }
-            zt[ch] = y;
-        }
+        if (old_readout)                                     /* R r(H 2N+1) */
+            for (int64_t ch = 0; ch < H; ch++)
+                zt[ch] = ssm_channel(X + ch * N2, Ac + ch * N2, As + ch * N2, Bc + ch * N2, Cc + ch * (N2 + 1),
+                                     0.0f, zt[ch], N, 1);
+        else
+            for (int64_t ch = 0; ch < H; ch++)
+                zt[ch] = ssm_channel(X + ch * N2, Ac + ch * N2, As + ch * N2, Bc + ch * N2, Cc + ch * N2,
+                                     D[ch], zt[ch], N, 0);
         if (fp16) round_rows(zt, H, 1);                      /* Cast back to float16 after the SSM */
     }
 
