@@ -217,16 +217,90 @@ static void layernorm(int64_t T, int64_t H, const float *in, float *out, const f
     }
 }
 
-static inline float act1(float v, int act) {
-    switch (act) {
-    case ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case ACT_TANH: return tanhf(v);
-    case ACT_GELU: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));  /* exact erf GELU */
-    default: return v;
-    }
+/* ---- vector exp, erf, sigmoid, GELU (8 lanes; our own range reduction and polynomials, float32 accuracy) ---- */
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8 vsel(v8i m, v8 a, v8 b) { return (v8)((m & (v8i)a) | (~m & (v8i)b)); }
+static inline v8 vsplat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
+
+/* exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor series to r^7 (truncation < 5e-9 relative),
+   times 2^n built in the exponent bits. Clamped to [-87.3, 88.7] (the float32 normal range). */
+static inline v8 vexp(v8 x) {
+    const v8 hi = vsplat(88.7f), lo = vsplat(-87.3f), magic = vsplat(12582912.0f);  /* 1.5 * 2^23 */
+    x = vsel(x > hi, hi, x);
+    x = vsel(x < lo, lo, x);
+    v8 n = (x * 1.44269504088896341f + magic) - magic;      /* round to nearest integer */
+    v8 r = (x - n * 0.693359375f) - n * -2.12194440e-4f;     /* ln2 split in two: r exact enough */
+    v8 p = vsplat(1.0f / 5040.0f);
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
+    return p * (v8)e;
 }
 
-static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+/* erf(x): |x| < 1: Taylor series of 2/sqrt(pi) (x - x^3/3 + ...) to x^25 (truncation < 1e-9 relative);
+   else 1 - erfc(|x|) with erfc = t exp(-x^2 + P(t)), t = 1/(1 + |x|/2), P the degree-9 Chebyshev fit of
+   Numerical Recipes' erfcc (relative error < 1.2e-7 of erfc <= 0.16 there), with the sign of x. */
+static inline v8 verf(v8 x) {
+    v8i neg = x < 0.0f;
+    v8 a = vsel(neg, -x, x);
+    v8 x2 = x * x;
+    v8 s = vsplat(8.35070279514724e-11f);                           /* (-1)^k / (k! (2k+1)), k = 12..0 */
+    s = s * x2 + -1.0892221037148573e-09f;
+    s = s * x2 + 1.3122532963802806e-08f;
+    s = s * x2 + -1.4503852223150468e-07f;
+    s = s * x2 + 1.4589169000933706e-06f;
+    s = s * x2 + -1.3227513227513228e-05f;
+    s = s * x2 + 0.00010683760683760684f;
+    s = s * x2 + -0.0007575757575757576f;
+    s = s * x2 + 0.004629629629629629f;
+    s = s * x2 + -0.023809523809523808f;
+    s = s * x2 + 0.1f;
+    s = s * x2 + -0.3333333333333333f;
+    s = s * x2 + 1.0f;
+    v8 small = s * x * 1.12837916709551257f;
+    v8 t = 1.0f / (1.0f + 0.5f * a);
+    v8 q = vsplat(0.17087277f);
+    q = q * t - 0.82215223f;
+    q = q * t + 1.48851587f;
+    q = q * t - 1.13520398f;
+    q = q * t + 0.27886807f;
+    q = q * t - 0.18628806f;
+    q = q * t + 0.09678418f;
+    q = q * t + 0.37409196f;
+    q = q * t + 1.00002368f;
+    q = q * t - 1.26551223f;
+    v8 big = 1.0f - t * vexp(q - x2);
+    big = vsel(neg, -big, big);
+    return vsel(a < 1.0f, small, big);
+}
+
+static inline v8 vgelu(v8 v) { return 0.5f * v * (1.0f + verf(v * 0.70710678118654752f)); }  /* exact-erf GELU */
+static inline v8 vsigmoid(v8 v) { return 1.0f / (1.0f + vexp(-v)); }
+
+/* v[0..n) = f(v), 8 at a time; the tail through a padded copy */
+#define MAP8(v, n, F)                                                          \
+    do {                                                                       \
+        int64_t i_ = 0;                                                        \
+        for (; i_ + 8 <= (n); i_ += 8) st8((v) + i_, F(ld8((v) + i_)));        \
+        if (i_ < (n)) {                                                        \
+            float tmp_[8] = {0, 0, 0, 0, 0, 0, 0, 0};                          \
+            for (int64_t j_ = i_; j_ < (n); j_++) tmp_[j_ - i_] = (v)[j_];     \
+            st8(tmp_, F(ld8(tmp_)));                                           \
+            for (int64_t j_ = i_; j_ < (n); j_++) (v)[j_] = tmp_[j_ - i_];     \
+        }                                                                      \
+    } while (0)
+
+static void activation(float *v, int64_t n, int act) {
+    if (act == ACT_GELU) MAP8(v, n, vgelu);
+    else if (act == ACT_RELU) { for (int64_t i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f; }
+    else if (act == ACT_TANH) { for (int64_t i = 0; i < n; i++) v[i] = tanhf(v[i]); }
+}
 
 /* One SISO block on T rows starting at row r0. h r(T H) is updated in place; z, m are scratch. */
 static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t T, float *h, float *z,
@@ -262,8 +336,7 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
 
     /* activation */
     const int act = (int)bd[B_ACT];
-    if (act != ACT_IDENTITY)
-        for (int64_t i = 0; i < T * H; i++) z[i] = act1(z[i], act);
+    activation(z, T * H, act);
     round_rows(z, T * H, fp16 && act != ACT_IDENTITY);
 
     /* mixing and residual */
@@ -279,8 +352,9 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
         round_rows(m, T * 2 * H, fp16);
         for (int64_t t = 0; t < T; t++) {
             float *a = m + t * 2 * H, *g = a + H, *ht = h + t * H;
+            MAP8(g, H, vsigmoid);
             for (int64_t i = 0; i < H; i++) {
-                float s = sigmoid(g[i]), p;
+                float s = g[i], p;
                 if (fp16) s = r16(s);
                 p = a[i] * s;
                 if (fp16) p = r16(p);
