@@ -447,7 +447,7 @@ def load_library() -> tuple[ctypes.CDLL, str]:
         src = SOURCE.read_bytes()
     except OSError as e:
         raise FusedUnavailable(f"engine source missing ({e.strerror}: {SOURCE})") from None
-    key0 = (cc, src)
+    key0 = (cc, src, str(cache_dir()))
     if key0 in _LIB:
         return _LIB[key0]
     errors = []

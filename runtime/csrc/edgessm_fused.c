@@ -97,7 +97,9 @@ static inline void round_rows(float *v, int64_t n, int fp16) {
    W is stored in column panels of PW = 16: Wp[(p K + k) PW + j] = W[k, p PW + j], zero past M, and the bias
    is zero-padded to a whole panel, so every weight read is a sequential stream (fused.py packs them).
    Register tiles keep 8 accumulators in flight (an FMA's latency is ~4 cycles, 2 issue a cycle):
-   4 rows x 1 panel (each weight vector loaded once serves 4 rows), or 1 row x 4 panels. */
+   4 rows x 1 panel (each weight vector loaded once serves 4 rows), or 1 row x 4 panels. Every output is
+   bias + in[0] W[0] + in[1] W[1] + ... in this order in every path, so a row's result does not depend on
+   the batch it is in or on the thread split. */
 #define PW 16
 static inline void store_cols(float *dst, v8 a0, v8 a1, int64_t cols) {
     if (cols >= PW) { st8(dst, a0); st8(dst + 8, a1); return; }
@@ -154,14 +156,9 @@ static void matmul(int64_t T, int64_t K, int64_t M, const float *restrict in, in
         }
         for (; p < np; p++) {
             const float *wp = Wp + p * K * PW;
-            v8 a0 = ld8(bias + p * PW), a1 = ld8(bias + p * PW + 8), c0 = {0}, c1 = {0};
-            int64_t k = 0;
-            for (; k + 2 <= K; k += 2) {                       /* two chains per half: latency, not issue */
-                a0 += i0[k] * ld8(wp + k * PW); a1 += i0[k] * ld8(wp + k * PW + 8);
-                c0 += i0[k + 1] * ld8(wp + (k + 1) * PW); c1 += i0[k + 1] * ld8(wp + (k + 1) * PW + 8);
-            }
-            for (; k < K; k++) { a0 += i0[k] * ld8(wp + k * PW); a1 += i0[k] * ld8(wp + k * PW + 8); }
-            store_cols(r + p * PW, a0 + c0, a1 + c1, M - p * PW);
+            v8 a0 = ld8(bias + p * PW), a1 = ld8(bias + p * PW + 8);
+            for (int64_t k = 0; k < K; k++) { a0 += i0[k] * ld8(wp + k * PW); a1 += i0[k] * ld8(wp + k * PW + 8); }
+            store_cols(r + p * PW, a0, a1, M - p * PW);
         }
     }
 }
