@@ -62,8 +62,10 @@ typedef struct {
 
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 static inline v8 ld8(const float *p) { return *(const v8u *)p; }
 static inline void st8(float *p, v8 v) { *(v8u *)p = v; }
+static inline v8 vsplat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
 
 /* float -> nearest float16 -> float (ties to even; overflow to inf; subnormals kept), portable bit code. */
 static inline float r16(float f) {
@@ -163,15 +165,36 @@ static void matmul(int64_t T, int64_t K, int64_t M, const float *restrict in, in
     }
 }
 
+#if defined(__clang__)
+#define SHUF2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF2(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
 static inline float hsum8(v8 v) {
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+    v8 s = v + SHUF2(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+    s = s + SHUF2(s, s, 2, 3, 0, 1, 6, 7, 4, 5);
+    s = s + SHUF2(s, s, 1, 0, 3, 2, 5, 4, 7, 6);
+    return s[0];
 }
 
-/* One channel of a SISO diagonal SSM, delta form (see the top): updates xs r(2N) in place, returns y.
+/* lanes c = 0..7 of the result: the sum of the 8 lanes of a[c] (an 8 x 8 transpose-and-add, 7 adds) */
+static inline v8 reduce8(const v8 *a) {
+    v8 b0 = SHUF2(a[0], a[1], 0, 8, 2, 10, 4, 12, 6, 14) + SHUF2(a[0], a[1], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8 b1 = SHUF2(a[2], a[3], 0, 8, 2, 10, 4, 12, 6, 14) + SHUF2(a[2], a[3], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8 b2 = SHUF2(a[4], a[5], 0, 8, 2, 10, 4, 12, 6, 14) + SHUF2(a[4], a[5], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8 b3 = SHUF2(a[6], a[7], 0, 8, 2, 10, 4, 12, 6, 14) + SHUF2(a[6], a[7], 1, 9, 3, 11, 5, 13, 7, 15);
+    v8 c0 = SHUF2(b0, b1, 0, 1, 8, 9, 4, 5, 12, 13) + SHUF2(b0, b1, 2, 3, 10, 11, 6, 7, 14, 15);
+    v8 c1 = SHUF2(b2, b3, 0, 1, 8, 9, 4, 5, 12, 13) + SHUF2(b2, b3, 2, 3, 10, 11, 6, 7, 14, 15);
+    return SHUF2(c0, c1, 0, 1, 2, 3, 8, 9, 10, 11) + SHUF2(c0, c1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* One channel of a SISO diagonal SSM, delta form (see the top): updates xs r(2N) in place; y is the lane sum
+   of the returned vector plus *tail (the modes past the last 8, and the D skip or R's u column).
    8 modes at a time in vector registers, the rest one by one. */
-static inline float ssm_channel(float *restrict xs, const float *restrict ac, const float *restrict as,
-                                const float *restrict bc, const float *restrict cc, float d, float u, int64_t N,
-                                int old_readout) {
+static inline v8 ssm_channel(float *restrict xs, const float *restrict ac, const float *restrict as,
+                             const float *restrict bc, const float *restrict cc, float d, float u, int64_t N,
+                             int old_readout, float *tail) {
     v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
     float y = 0.0f;
     int64_t n = 0;
@@ -193,32 +216,36 @@ static inline float ssm_channel(float *restrict xs, const float *restrict ac, co
         xs[N + n] = ni;
         if (!old_readout) y += cc[n] * nr + cc[N + n] * ni;
     }
-    y += hsum8(acc);
-    return y + (old_readout ? cc[2 * N] * u : d * u);          /* R's last column, or the D skip */
+    *tail = y + (old_readout ? cc[2 * N] * u : d * u);        /* R's last column, or the D skip */
+    return acc;
 }
 
 /* LayerNormalization over the last axis (onnxruntime: mean, then the mean of squared deviations). */
-static void layernorm(int64_t T, int64_t H, const float *in, float *out, const float *g, const float *b,
-                      float eps, int fp16) {
+static void layernorm(int64_t T, int64_t H, const float *restrict in, float *restrict out,
+                      const float *restrict g, const float *restrict b, float eps, int fp16) {
     for (int64_t t = 0; t < T; t++) {
         const float *x = in + t * H;
         float *o = out + t * H;
-        double mean = 0.0, var = 0.0;
-        for (int64_t i = 0; i < H; i++) mean += x[i];
-        mean /= (double)H;
-        for (int64_t i = 0; i < H; i++) { double d = x[i] - mean; var += d * d; }
-        var /= (double)H;
-        float inv = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
-        for (int64_t i = 0; i < H; i++) o[i] = (x[i] - m) * inv * g[i] + b[i];
+        v8 s8 = vsplat(0.0f);
+        float s1 = 0.0f;
+        int64_t i = 0;
+        for (; i + 8 <= H; i += 8) s8 += ld8(x + i);
+        for (; i < H; i++) s1 += x[i];
+        const float m = (hsum8(s8) + s1) / (float)H;
+        v8 q8 = vsplat(0.0f);
+        float q1 = 0.0f;
+        for (i = 0; i + 8 <= H; i += 8) { v8 d = ld8(x + i) - m; q8 += d * d; }
+        for (; i < H; i++) { float d = x[i] - m; q1 += d * d; }
+        const float inv = 1.0f / sqrtf((hsum8(q8) + q1) / (float)H + eps);
+        for (i = 0; i + 8 <= H; i += 8) st8(o + i, (ld8(x + i) - m) * inv * ld8(g + i) + ld8(b + i));
+        for (; i < H; i++) o[i] = (x[i] - m) * inv * g[i] + b[i];
         round_rows(o, H, fp16);
     }
 }
 
 /* ---- vector exp, erf, sigmoid, GELU (8 lanes; our own range reduction and polynomials, float32 accuracy) ---- */
-typedef int32_t v8i __attribute__((vector_size(32)));
 
 static inline v8 vsel(v8i m, v8 a, v8 b) { return (v8)((m & (v8i)a) | (~m & (v8i)b)); }
-static inline v8 vsplat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
 
 /* exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor series to r^7 (truncation < 5e-9 relative),
    times 2^n built in the exponent bits. Clamped to [-87.3, 88.7] (the float32 normal range). */
@@ -320,14 +347,24 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
     for (int64_t t = 0; t < T; t++) {
         float *zt = z + t * H;
         float *X = S + (r0 + t) * H * N2;
-        if (old_readout)                                     /* R r(H 2N+1) */
-            for (int64_t ch = 0; ch < H; ch++)
-                zt[ch] = ssm_channel(X + ch * N2, Ac + ch * N2, As + ch * N2, Bc + ch * N2, Cc + ch * (N2 + 1),
-                                     0.0f, zt[ch], N, 1);
-        else
-            for (int64_t ch = 0; ch < H; ch++)
-                zt[ch] = ssm_channel(X + ch * N2, Ac + ch * N2, As + ch * N2, Bc + ch * N2, Cc + ch * N2,
-                                     D[ch], zt[ch], N, 0);
+        const int64_t ldc = old_readout ? N2 + 1 : N2;       /* R r(H 2N+1) | Cc r(H 2N) */
+        int64_t ch = 0;
+        for (; ch + 8 <= H; ch += 8) {                       /* 8 channels, their sums in one reduction */
+            v8 acc[8];
+            float tails[8];
+            for (int j = 0; j < 8; j++) {
+                const int64_t c = ch + j;
+                acc[j] = ssm_channel(X + c * N2, Ac + c * N2, As + c * N2, Bc + c * N2, Cc + c * ldc,
+                                     D ? D[c] : 0.0f, zt[c], N, old_readout, &tails[j]);
+            }
+            st8(zt + ch, reduce8(acc) + ld8(tails));
+        }
+        for (; ch < H; ch++) {
+            float tl;
+            v8 acc = ssm_channel(X + ch * N2, Ac + ch * N2, As + ch * N2, Bc + ch * N2, Cc + ch * ldc,
+                                 D ? D[ch] : 0.0f, zt[ch], N, old_readout, &tl);
+            zt[ch] = hsum8(acc) + tl;
+        }
         if (fp16) round_rows(zt, H, 1);                      /* Cast back to float16 after the SSM */
     }
 
