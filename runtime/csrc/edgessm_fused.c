@@ -33,7 +33,7 @@
 #include <string.h>
 
 #define ESF_VERSION 1
-#define TILE 8            /* rows per tile: weight rows stay in L1 across the tile */
+#define TILE 16           /* rows per tile: the step's weights are read from L2 once per tile */
 #define HDR 16            /* descriptor header fields */
 #define BLK 24            /* fields per block */
 
@@ -113,11 +113,12 @@ static inline void store_cols(float *dst, v8 a0, v8 a1, int64_t cols) {
 static void matmul(int64_t T, int64_t K, int64_t M, const float *restrict in, int64_t ldi,
                    const float *restrict Wp, const float *restrict bias, float *restrict out, int64_t ldo) {
     const int64_t np = (M + PW - 1) / PW;
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) {
-        const float *i0 = in + t * ldi, *i1 = i0 + ldi, *i2 = i1 + ldi, *i3 = i2 + ldi;
-        for (int64_t p = 0; p < np; p++) {
-            const float *wp = Wp + p * K * PW;
+    const int64_t T4 = T - T % 4;
+    for (int64_t p = 0; p < np; p++) {                       /* panel outer: its K x PW weights stay in L1 */
+        const float *wp = Wp + p * K * PW;
+        const int64_t cols = M - p * PW;
+        for (int64_t t = 0; t < T4; t += 4) {
+            const float *i0 = in + t * ldi, *i1 = i0 + ldi, *i2 = i1 + ldi, *i3 = i2 + ldi;
             v8 b0 = ld8(bias + p * PW), b1 = ld8(bias + p * PW + 8);
             v8 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1, a30 = b0, a31 = b1;
             for (int64_t k = 0; k < K; k++) {
@@ -127,7 +128,6 @@ static void matmul(int64_t T, int64_t K, int64_t M, const float *restrict in, in
                 a20 += i2[k] * w0; a21 += i2[k] * w1;
                 a30 += i3[k] * w0; a31 += i3[k] * w1;
             }
-            const int64_t cols = M - p * PW;
             float *r = out + t * ldo + p * PW;
             store_cols(r, a00, a01, cols); r += ldo;
             store_cols(r, a10, a11, cols); r += ldo;
@@ -135,6 +135,7 @@ static void matmul(int64_t T, int64_t K, int64_t M, const float *restrict in, in
             store_cols(r, a30, a31, cols);
         }
     }
+    int64_t t = T4;
     for (; t < T; t++) {
         const float *i0 = in + t * ldi;
         float *r = out + t * ldo;
