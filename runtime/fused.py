@@ -55,8 +55,8 @@ ACTS = {"identity": 0, "relu": 1, "tanh": 2, "gelu": 3}
 MIXES = {"none": 0, "linear": 1, "glu": 2}
 # Load-time check against onnxruntime over a few steps. fp32: the two engines round differently
 # (sum order, erf/exp implementations), ~1e-7..1e-6 relative after a few steps; a wrong weight or
-# structure is O(1). fp16: onnxruntime may keep some intermediates in float32 where this engine
-# rounds every node output to float16 (11 bits, ~5e-4 each) - agreement is ~1e-3.
+# structure is O(1). fp16: this engine runs the float16 weights with float32 activations, onnxruntime
+# rounds some node outputs to float16 (11 bits, ~5e-4 each): they agree to ~5e-4.
 VERIFY_TOL = {"fp32": 1e-4, "fp16": 2e-2}
 VERIFY_STEPS = 8
 COMPILE_TIMEOUT_S = 120

@@ -5,8 +5,8 @@ Bars, with the reason next to each (relative = max |a - b| / max |b| over all st
   order of sums and in erf/exp implementations (~1e-7 each), which the stable recurrence does not grow.
 - FUSED_VS_F64 = 1e-5 (fp32): the issue's bar; float32 rounding of the delta-form state over these
   lengths measures ~1e-6 (onnxruntime's own graph is within the same distance).
-- FP16_VS_ORT = 2e-2: both run float16 weights and activations (11 bits, ~5e-4 a rounding) but
-  onnxruntime may keep some node outputs in float32 where the fused engine rounds each one.
+- FP16_VS_ORT = 2e-2: the same float16 weights, but onnxruntime rounds some node outputs to float16
+  (11 bits, ~5e-4 a rounding) where the fused engine keeps float32 activations (export's fp16 bar).
 """
 from __future__ import annotations
 

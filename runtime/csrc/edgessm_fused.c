@@ -16,8 +16,10 @@
                    a = act(y);  m = mix(a) (glu: (a Wa + ba) * sigmoid(a Wg + bg), W = [Wa | Wg]);
                    h = h + m;  h = LN(h) if postnorm
        v = LN_f(h) W_dec + b_dec;  mean pooling: m' = m + (v - m) / (c + 1), pool = [m' | c + 1]
-   fp16 graphs: every node output that onnxruntime stores in float16 is rounded to float16 here
-   (round-to-nearest-even), the SSM and the pooling stay float32, as in the graph.
+   fp16 graphs: the file's float16 weights widened exactly, float32 activations - as onnxruntime's CPU provider
+   runs them (it computes float16 nodes it has no kernel for in float32 and drops the casts between them);
+   rounding every node output to float16 instead was measured further from both onnxruntime and the
+   float64 model (docs/latency.md).
 
    The model is a flat int64 descriptor plus one float32 weight array (offsets into it); a block starts
    with its kind, so another block type (a MIMO LRU/S5 block: a shared complex state of P modes with dense
@@ -44,7 +46,7 @@ enum { ERR_OK = 0, ERR_VERSION = 1, ERR_KIND = 2, ERR_TOKEN = 3, ERR_THREAD = 4,
 
 /* header */
 enum { H_VERSION, H_DIN, H_VOCAB, H_H, H_O, H_NBLOCKS, H_POOL, H_ENC_W, H_ENC_B, H_NF_G, H_NF_B, H_NF_EPS,
-       H_DEC_W, H_DEC_B, H_POOL_STATE, H_FP16 };
+       H_DEC_W, H_DEC_B, H_POOL_STATE, H_FP16 /* 1: the file stores float16 weights (informational) */ };
 /* block fields */
 enum { B_KIND, B_N, B_STATE, B_PRENORM, B_LN_G, B_LN_B, B_LN_EPS, B_ACT, B_MIX, B_MIX_W, B_MIX_B, B_READOUT,
        B_AC, B_AS, B_BC, B_CC, B_D };
@@ -66,34 +68,6 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 static inline v8 ld8(const float *p) { return *(const v8u *)p; }
 static inline void st8(float *p, v8 v) { *(v8u *)p = v; }
 static inline v8 vsplat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
-
-/* float -> nearest float16 -> float (ties to even; overflow to inf; subnormals kept), portable bit code. */
-static inline float r16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t sign = u & 0x80000000u, a = u & 0x7fffffffu;
-    if (a >= 0x7f800000u) return f;                       /* inf / nan */
-    if (a >= 0x477ff000u) { u = sign | 0x7f800000u; memcpy(&f, &u, 4); return f; }  /* >= 65520: inf */
-    if (a < 0x38800000u) {                                /* below 2^-14: float16 subnormal, step 2^-24 */
-        float step = 5.9604644775390625e-08f, v;
-        memcpy(&v, &a, 4);
-        v = nearbyintf(v / step) * step;                  /* exact: v / step is a power-of-two scaling */
-        memcpy(&a, &v, 4);
-        u = sign | a;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    uint32_t lsb = (a >> 13) & 1u;                        /* keep 10 mantissa bits, ties to even */
-    a = (a + 0x0fffu + lsb) & ~0x1fffu;
-    u = sign | a;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline void round_rows(float *v, int64_t n, int fp16) {
-    if (!fp16) return;
-    for (int64_t i = 0; i < n; i++) v[i] = r16(v[i]);
-}
 
 /* out[t, o] = bias[o] + sum_k in[t, k] W[k, o] for t < T rows, o < M (x @ W, as the graph).
    W is stored in column panels of PW = 16: Wp[(p K + k) PW + j] = W[k, p PW + j], zero past M, and the bias
@@ -223,7 +197,7 @@ static inline v8 ssm_channel(float *restrict xs, const float *restrict ac, const
 
 /* LayerNormalization over the last axis (onnxruntime: mean, then the mean of squared deviations). */
 static void layernorm(int64_t T, int64_t H, const float *restrict in, float *restrict out,
-                      const float *restrict g, const float *restrict b, float eps, int fp16) {
+                      const float *restrict g, const float *restrict b, float eps) {
     for (int64_t t = 0; t < T; t++) {
         const float *x = in + t * H;
         float *o = out + t * H;
@@ -240,7 +214,6 @@ static void layernorm(int64_t T, int64_t H, const float *restrict in, float *res
         const float inv = 1.0f / sqrtf((hsum8(q8) + q1) / (float)H + eps);
         for (i = 0; i + 8 <= H; i += 8) st8(o + i, (ld8(x + i) - m) * inv * ld8(g + i) + ld8(b + i));
         for (; i < H; i++) o[i] = (x[i] - m) * inv * g[i] + b[i];
-        round_rows(o, H, fp16);
     }
 }
 
@@ -332,11 +305,10 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
                        float *m) {
     const float *w = c->w;
     const int64_t H = c->desc[H_H], N = bd[B_N], N2 = 2 * N;
-    const int fp16 = (int)c->desc[H_FP16];
     const int has_ln = bd[B_LN_G] >= 0;
     const float eps = has_ln ? w[bd[B_LN_EPS]] : 0.0f;
     if (has_ln && bd[B_PRENORM])
-        layernorm(T, H, h, z, w + bd[B_LN_G], w + bd[B_LN_B], eps, fp16);
+        layernorm(T, H, h, z, w + bd[B_LN_G], w + bd[B_LN_B], eps);
     else
         memcpy(z, h, (size_t)(T * H) * sizeof(float));
 
@@ -366,13 +338,11 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
                                  D ? D[ch] : 0.0f, zt[ch], N, old_readout, &tl);
             zt[ch] = hsum8(acc) + tl;
         }
-        if (fp16) round_rows(zt, H, 1);                      /* Cast back to float16 after the SSM */
     }
 
     /* activation */
     const int act = (int)bd[B_ACT];
     activation(z, T * H, act);
-    round_rows(z, T * H, fp16 && act != ACT_IDENTITY);
 
     /* mixing and residual */
     const int mix = (int)bd[B_MIX];
@@ -380,34 +350,27 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
         for (int64_t i = 0; i < T * H; i++) h[i] += z[i];
     } else if (mix == MIX_LINEAR) {
         matmul(T, H, H, z, H, w + bd[B_MIX_W], w + bd[B_MIX_B], m, H);
-        round_rows(m, T * H, fp16);
         for (int64_t i = 0; i < T * H; i++) h[i] += m[i];
     } else {                                                 /* GLU: m r(T 2H) = [a | g] */
         matmul(T, H, 2 * H, z, H, w + bd[B_MIX_W], w + bd[B_MIX_B], m, 2 * H);
-        round_rows(m, T * 2 * H, fp16);
         for (int64_t t = 0; t < T; t++) {
             float *a = m + t * 2 * H, *g = a + H, *ht = h + t * H;
             MAP8(g, H, vsigmoid);
             for (int64_t i = 0; i < H; i++) {
-                float s = g[i], p;
-                if (fp16) s = r16(s);
-                p = a[i] * s;
-                if (fp16) p = r16(p);
-                ht[i] += p;
+                ht[i] += a[i] * g[i];
             }
         }
     }
-    round_rows(h, T * H, fp16);
     if (has_ln && !bd[B_PRENORM]) {
-        layernorm(T, H, h, z, w + bd[B_LN_G], w + bd[B_LN_B], eps, fp16);
+        layernorm(T, H, h, z, w + bd[B_LN_G], w + bd[B_LN_B], eps);
         memcpy(h, z, (size_t)(T * H) * sizeof(float));
     }
 }
 
 /* floats of scratch one thread needs */
 int64_t esf_scratch_floats(const int64_t *desc) {
-    const int64_t H = desc[H_H], O = desc[H_O], din = desc[H_DIN];
-    return TILE * (H + H + 2 * H + O + din);
+    const int64_t H = desc[H_H], O = desc[H_O];
+    return TILE * (H + H + 2 * H + O);
 }
 
 int64_t esf_version(void) { return ESF_VERSION; }
@@ -430,9 +393,8 @@ int64_t esf_check(const int64_t *desc, int64_t n_desc) {
 static int64_t run_rows(const esf_ctx *c, int64_t r0, int64_t r1, float *scr) {
     const int64_t *d = c->desc;
     const int64_t H = d[H_H], O = d[H_O], din = d[H_DIN], V = d[H_VOCAB], nb = d[H_NBLOCKS];
-    const int fp16 = (int)d[H_FP16];
     const float *w = c->w;
-    float *h = scr, *z = h + TILE * H, *m = z + TILE * H, *v = m + TILE * 2 * H, *xc = v + TILE * O;
+    float *h = scr, *z = h + TILE * H, *m = z + TILE * H, *v = m + TILE * 2 * H;
     for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
         const int64_t T = (r1 - t0) < TILE ? (r1 - t0) : TILE;
         /* encoder */
@@ -442,13 +404,8 @@ static int64_t run_rows(const esf_ctx *c, int64_t r0, int64_t r1, float *scr) {
                 memcpy(h + t * H, w + d[H_ENC_W] + tok[t] * H, (size_t)H * sizeof(float));
         } else {
             const float *x = (const float *)c->x + t0 * din;
-            if (fp16) {                                      /* Cast(x) to float16 first */
-                for (int64_t i = 0; i < T * din; i++) xc[i] = r16(x[i]);
-                x = xc;
-            }
             matmul(T, din, H, x, din, w + d[H_ENC_W], w + d[H_ENC_B], h, H);
-            round_rows(h, T * H, fp16);
-        }
+                }
         /* blocks */
         for (int64_t i = 0; i < nb; i++) {
             const int64_t *bd = d + HDR + BLK * i;
@@ -457,11 +414,10 @@ static int64_t run_rows(const esf_ctx *c, int64_t r0, int64_t r1, float *scr) {
         /* head */
         const float *hv = h;
         if (d[H_NF_G] >= 0) {
-            layernorm(T, H, h, z, w + d[H_NF_G], w + d[H_NF_B], w[d[H_NF_EPS]], fp16);
+            layernorm(T, H, h, z, w + d[H_NF_G], w + d[H_NF_B], w[d[H_NF_EPS]]);
             hv = z;
         }
         matmul(T, H, O, hv, H, w + d[H_DEC_W], w + d[H_DEC_B], v, O);
-        round_rows(v, T * O, fp16);
         float *y = c->y + t0 * O;
         if (d[H_POOL]) {                                     /* running mean, state [m (O) | count (1)] */
             float *P = c->state[d[H_POOL_STATE]] + t0 * (O + 1);
