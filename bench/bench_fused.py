@@ -6,7 +6,10 @@ For each model (random weights, built with edgessm.SSMModel and exported with ex
 (1, 16, 256), the three engines run interleaved: every round times each of them once (n steps after a
 warm-up, perf_counter_ns per call through StreamingSession.step), so a noisy neighbour on the shared
 cores hits all three alike. Reported: the median over rounds of each engine's per-round p50, the
-ratios fused/floor and onnxruntime/fused, and stream-steps/s (batch / p50). One thread everywhere.
+ratios fused/floor and onnxruntime/fused, and stream-steps/s (batch / p50). One thread everywhere,
+plus the fused engine with --threads threads (batch-parallel) where the batch is large enough.
+Also the process CPU time per step: on shared cores a call that lasts milliseconds is preempted
+(its p50 includes waits for the CPU), so at batch 256 the CPU time is the steadier measure.
 
 Models: the 4 x 128 x 8 S4D of the latency issue (d_input 1, 10 classes, mean pooling, GLU, pre-LN)
 and the mnist1d shape 4 x 64 x 8 (the default ModelConfig at N = 8).
@@ -39,14 +42,17 @@ def _export(H: int, n_layers: int, N: int, path: str) -> None:
     export_onnx(model, path, verify=False)
 
 
-def _sessions(path: str, batch: int):
+def _sessions(path: str, batch: int, threads: int):
     from edgessm.runtime import StreamingSession
     from edgessm.runtime.latency import floor_model_bytes
 
     fused = StreamingSession(path, provider="cpu", batch=batch, threads=1, engine="fused")
     ort = StreamingSession(path, provider="cpu", batch=batch, threads=1, engine="onnxruntime")
     floor = StreamingSession(floor_model_bytes((1,)), provider="cpu", batch=batch, threads=1, engine="onnxruntime")
-    return {"floor": floor, "onnxruntime": ort, "fused": fused}
+    out = {"floor": floor, "onnxruntime": ort, "fused": fused}
+    if threads > 1 and batch >= 16 * threads:  # the C engine splits rows over threads from 16 rows a thread
+        out[f"fused_{threads}t"] = StreamingSession(path, provider="cpu", batch=batch, threads=threads, engine="fused")
+    return out
 
 
 def _check_same(sessions, batch: int, steps: int = 200) -> float:
@@ -60,20 +66,27 @@ def _check_same(sessions, batch: int, steps: int = 200) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def bench_one(path: str, batch: int, rounds: int, n: int) -> dict:
+def bench_one(path: str, batch: int, rounds: int, n: int, threads: int) -> dict:
     from edgessm.runtime.latency import measure_latency
 
-    sess = _sessions(path, batch)
+    sess = _sessions(path, batch, threads)
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((batch, 1)).astype(np.float32) for _ in range(16)]
     warm = max(20, n // 10)
     p50 = {k: [] for k in sess}
+    cpu = {k: [] for k in sess}
     for _ in range(rounds):
         for name, s in sess.items():
+            c0 = time.process_time()
             p50[name].append(measure_latency(s.step, xs, n=n, warmup=warm).p50_us)
+            cpu[name].append((time.process_time() - c0) / (n + warm) * 1e6)
     med = {k: float(np.median(v)) for k, v in p50.items()}
+    cpu_med = {k: float(np.median(v)) for k, v in cpu.items()}
     return {
         "batch": batch, "p50_us": med, "p50_us_per_round": p50,
+        # process CPU time per step (all threads): what a call costs without the waits for the shared cores
+        "cpu_us_per_step": cpu_med,
+        "cpu_onnxruntime_over_fused": cpu_med["onnxruntime"] / cpu_med["fused"],
         "fused_over_floor": med["fused"] / med["floor"],
         "onnxruntime_over_floor": med["onnxruntime"] / med["floor"],
         "onnxruntime_over_fused": med["onnxruntime"] / med["fused"],
@@ -89,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="timed steps per engine per round at batch 1 "
                     "(scaled down as 1/sqrt(batch) for larger batches)")
     ap.add_argument("--batches", default="1,16,256")
+    ap.add_argument("--threads", type=int, default=2, help="also time the fused engine with this many threads "
+                    "(batch-parallel) where the batch gives each thread 16 rows; 1: single-thread only")
     ap.add_argument("--json", default=None, help="write the results here (e.g. docs/data/latency_fused.json)")
     args = ap.parse_args(argv)
     import onnxruntime
@@ -105,7 +120,7 @@ def main(argv=None) -> int:
             _export(H, nl, N, path)
             for b in batches:
                 n = max(100, int(args.n / np.sqrt(b)))
-                r = bench_one(path, b, args.rounds, n)
+                r = bench_one(path, b, args.rounds, n, args.threads)
                 r["model"], r["n"] = label, n
                 out["results"].append(r)
                 m = r["p50_us"]
@@ -113,7 +128,10 @@ def main(argv=None) -> int:
                       f"fused {m['fused']:8.1f} us | fused/floor {r['fused_over_floor']:.2f}x  "
                       f"ort/fused {r['onnxruntime_over_fused']:.2f}x | stream-steps/s ort "
                       f"{r['stream_steps_per_s']['onnxruntime']:,.0f} fused {r['stream_steps_per_s']['fused']:,.0f} "
-                      f"| rel diff {r['fused_vs_onnxruntime_rel_diff_200_steps']:.1e}", flush=True)
+                      f"| rel diff {r['fused_vs_onnxruntime_rel_diff_200_steps']:.1e}"
+                      + "".join(f" | {k} {v:.1f} us" for k, v in m.items() if k.startswith("fused_"))
+                      + f" | cpu us/step ort {r['cpu_us_per_step']['onnxruntime']:.1f} fused {r['cpu_us_per_step']['fused']:.1f}"
+                      f" ({r['cpu_onnxruntime_over_fused']:.2f}x)", flush=True)
     print(out["results"][0]["engine_note"])
     if args.json:
         p = Path(args.json)

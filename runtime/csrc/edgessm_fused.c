@@ -262,7 +262,8 @@ static inline v8 verf(v8 x) {
     s = s * x2 + -0.3333333333333333f;
     s = s * x2 + 1.0f;
     v8 small = s * x * 1.12837916709551257f;
-    v8 t = 1.0f / (1.0f + 0.5f * a);
+    const v8 ab = vsel(a > 4.0f, vsplat(4.0f), a);            /* erf = 1.0f from |x| = 3.9: no subnormals */
+    v8 t = 1.0f / (1.0f + 0.5f * ab);
     v8 q = vsplat(0.17087277f);
     q = q * t - 0.82215223f;
     q = q * t + 1.48851587f;
@@ -273,13 +274,17 @@ static inline v8 verf(v8 x) {
     q = q * t + 0.37409196f;
     q = q * t + 1.00002368f;
     q = q * t - 1.26551223f;
-    v8 big = 1.0f - t * vexp(q - x2);
+    v8 big = 1.0f - t * vexp(q - ab * ab);
     big = vsel(neg, -big, big);
     return vsel(a < 1.0f, small, big);
 }
 
 static inline v8 vgelu(v8 v) { return 0.5f * v * (1.0f + verf(v * 0.70710678118654752f)); }  /* exact-erf GELU */
-static inline v8 vsigmoid(v8 v) { return 1.0f / (1.0f + vexp(-v)); }
+static inline v8 vsigmoid(v8 v) {                             /* |v| <= 80: no subnormal 1 / (1 + e^-v) */
+    v = vsel(v > 80.0f, vsplat(80.0f), v);
+    v = vsel(v < -80.0f, vsplat(-80.0f), v);
+    return 1.0f / (1.0f + vexp(-v));
+}
 
 /* v[0..n) = f(v), 8 at a time; the tail through a padded copy */
 #define MAP8(v, n, F)                                                          \
