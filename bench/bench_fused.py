@@ -11,6 +11,12 @@ plus the fused engine with --threads threads (batch-parallel) where the batch is
 Also the process CPU time per step: on shared cores a call that lasts milliseconds is preempted
 (its p50 includes waits for the CPU), so at batch 256 the CPU time is the steadier measure.
 
+    OMP_NUM_THREADS=1 python bench/bench_fused.py --agreement      # the agreement table instead (~1 min)
+
+--agreement: max relative difference of the fused engine vs onnxruntime and vs the float64 model
+(edgessm.export.verify.reference), and of onnxruntime vs the float64 model, for every export case of
+tests/test_fused.py (batch 3, 2,000 steps) and its two 10^5-step models (batch 2).
+
 Models: the 4 x 128 x 8 S4D of the latency issue (d_input 1, 10 classes, mean pooling, GLU, pre-LN)
 and the mnist1d shape 4 x 64 x 8 (the default ModelConfig at N = 8).
 """
@@ -96,6 +102,25 @@ def bench_one(path: str, batch: int, rounds: int, n: int, threads: int) -> dict:
     }
 
 
+def agreement() -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_fused as T  # the export cases and helpers of the test file: one list of configurations
+
+    print("| case | fused vs onnxruntime | fused vs float64 | onnxruntime vs float64 |\n|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as d:
+        runs = [(n, c, o, 3, 2000) for n, (c, o) in {**T.CASES, **T.FP16_CASES}.items()]
+        runs += [(f"{layer} H=4 N={ranks}, 1e5 steps", dict(layer=layer, d_model=4, layer_d_state=ranks, d_input=1,
+                                                             d_output=2), {}, 2, 100_000)
+                 for layer, ranks in [("s4d", [8, 1]), ("dss", [2, 5])]]
+        for name, cfg, opts, batch, L in runs:
+            m, path = T._export(Path(d), f"m{len(name)}", cfg, opts)
+            xs = T._inputs(m.config, batch, L)
+            f, o = T._pair(path, batch)
+            yf, yo = f.run(xs), o.run(xs)
+            ref = T.reference(m, xs)["y@float64"]
+            print(f"| {name} | {T._rel(yf, yo):.1e} | {T._rel(yf, ref):.1e} | {T._rel(yo, ref):.1e} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -104,8 +129,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,16,256")
     ap.add_argument("--threads", type=int, default=2, help="also time the fused engine with this many threads "
                     "(batch-parallel) where the batch gives each thread 16 rows; 1: single-thread only")
+    ap.add_argument("--agreement", action="store_true", help="print the agreement table (no timing)")
     ap.add_argument("--json", default=None, help="write the results here (e.g. docs/data/latency_fused.json)")
     args = ap.parse_args(argv)
+    if args.agreement:
+        agreement()
+        return 0
     import onnxruntime
 
     models = [("4x128x8", 128, 4, 8), ("mnist1d 4x64x8", 64, 4, 8)]
