@@ -322,12 +322,13 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
     const float *D = bd[B_D] >= 0 ? w + bd[B_D] : NULL;
     const int old_readout = (int)bd[B_READOUT];
     float *S = c->state[bd[B_STATE]];
-    for (int64_t t = 0; t < T; t++) {
-        float *zt = z + t * H;
-        float *X = S + (r0 + t) * H * N2;
-        const int64_t ldc = old_readout ? N2 + 1 : N2;       /* R r(H 2N+1) | Cc r(H 2N) */
-        int64_t ch = 0;
-        for (; ch + 8 <= H; ch += 8) {                       /* 8 channels, their sums in one reduction */
+    const int64_t ldc = old_readout ? N2 + 1 : N2;           /* R r(H 2N+1) | Cc r(H 2N) */
+    const int64_t H8 = H - H % 8;
+    /* channel groups outer, rows inner: a group's coefficients stay in L1 across the tile's rows */
+    for (int64_t ch = 0; ch < H8; ch += 8) {                 /* 8 channels, their sums in one reduction */
+        for (int64_t t = 0; t < T; t++) {
+            float *zt = z + t * H;
+            float *X = S + (r0 + t) * H * N2;
             v8 acc[8];
             float tails[8];
             for (int j = 0; j < 8; j++) {
@@ -337,7 +338,11 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
             }
             st8(zt + ch, reduce8(acc) + ld8(tails));
         }
-        for (; ch < H; ch++) {
+    }
+    for (int64_t t = 0; t < T; t++) {
+        float *zt = z + t * H;
+        float *X = S + (r0 + t) * H * N2;
+        for (int64_t ch = H8; ch < H; ch++) {
             float tl;
             v8 acc = ssm_channel(X + ch * N2, Ac + ch * N2, As + ch * N2, Bc + ch * N2, Cc + ch * ldc,
                                  D ? D[ch] : 0.0f, zt[ch], N, old_readout, &tl);
