@@ -461,20 +461,27 @@ def load_library() -> tuple[ctypes.CDLL, str]:
     errors = []
     for arch in ARCH_FLAGS:
         flags = BASE_FLAGS + arch
-        key = hashlib.sha256(src + "\0".join([cc, platform.machine(), *flags]).encode()).hexdigest()[:20]
+        # -march=native code is for this CPU: the key names the host, so a shared (NFS) cache never hands
+        # one machine's build to another
+        key = hashlib.sha256(src + "\0".join([cc, platform.machine(), _host_id(), *flags]).encode()).hexdigest()[:20]
         so = cache_dir() / f"edgessm_fused_{key}.so"
-        how = "cached"
-        if not so.exists():
-            err = _compile(cc, flags, src, so)
+        lib, how = None, "cached"
+        if so.exists():
+            try:
+                lib = ctypes.CDLL(str(so))
+            except OSError:  # a damaged cache entry: build it again
+                lib = None
+        if lib is None:
+            err, so = _compile(cc, flags, src, so)
             if err:
                 errors.append(err)
                 continue
             how = "built"
-        try:
-            lib = ctypes.CDLL(str(so))
-        except OSError as e:
-            errors.append(f"cannot load {so}: {e}")
-            continue
+            try:
+                lib = ctypes.CDLL(str(so))
+            except OSError as e:
+                errors.append(f"cannot load {so}: {e}")
+                continue
         lib.esf_step.argtypes = [ctypes.c_void_p]
         lib.esf_step.restype = ctypes.c_int64
         lib.esf_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
@@ -493,9 +500,20 @@ def load_library() -> tuple[ctypes.CDLL, str]:
     raise FusedUnavailable("C build failed: " + "; ".join(errors)[:300])
 
 
-def _compile(cc: str, flags: list[str], src: bytes, so: Path) -> Optional[str]:
-    """Compile into the cache (temp file + rename, so a concurrent or failed build leaves nothing half-written).
-    A cache folder that cannot be written: build in a temporary folder instead (not kept)."""
+def _host_id() -> str:
+    """This machine's name and CPU feature line (Linux /proc/cpuinfo; elsewhere the name only)."""
+    feats = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            feats = next((ln for ln in f if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return platform.node() + "|" + feats.strip()
+
+
+def _compile(cc: str, flags: list[str], src: bytes, so: Path) -> tuple[Optional[str], Path]:
+    """(error or None, where the library is). Compiles into the cache (temp file + rename, so a concurrent or
+    failed build leaves nothing half-written); a cache folder that cannot be written: a temporary folder."""
     try:
         so.parent.mkdir(parents=True, exist_ok=True)
         folder = so.parent
@@ -512,11 +530,11 @@ def _compile(cc: str, flags: list[str], src: bytes, so: Path) -> Optional[str]:
         r = subprocess.run([cc, *flags, "-o", tmp, str(src_path), "-lm", "-lpthread"], capture_output=True,
                            text=True, timeout=COMPILE_TIMEOUT_S)
         if r.returncode != 0:
-            return f"{os.path.basename(cc)} {' '.join(flags[-1:])}: " + " ".join((r.stderr or r.stdout).split())[:200]
+            return f"{os.path.basename(cc)} {' '.join(flags[-1:])}: " + " ".join((r.stderr or r.stdout).split())[:200], so
         os.replace(tmp, so)
-        return None
+        return None, so
     except (OSError, subprocess.SubprocessError) as e:
-        return f"{os.path.basename(cc)}: {e}"
+        return f"{os.path.basename(cc)}: {e}", so
     finally:
         for p in (tmp, str(src_path)):
             if os.path.exists(p):

@@ -244,6 +244,28 @@ def test_build_is_cached_under_xdg_cache_home(tmp_path, monkeypatch):
     assert "cached" in how2 or how2 == how                   # the same process reuses the loaded library
 
 
+def test_damaged_cache_entry_is_rebuilt_and_unwritable_cache_still_builds(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, how = load_library()
+    (so,) = (tmp_path / "cache" / "edgessm" / "fused").glob("edgessm_fused_*.so")
+    bad = so.with_suffix(".bad")                             # a new file (the loaded one stays mapped)
+    bad.write_bytes(b"not a shared object")
+    os.replace(bad, so)
+    (tmp_path / "cache2").symlink_to(tmp_path / "cache")      # the same folder under a new name: a new
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))  # look-up, as a new process would do
+    lib, how = load_library()
+    assert "built" in how and lib.esf_version() == 1 and so.read_bytes()[:4] == b"\x7fELF"
+    if os.geteuid() != 0:  # root writes anywhere: the read-only case cannot be made here
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(ro))
+        lib, how = load_library()
+        assert "built" in how and str(ro) not in how
+
+
 def test_reader_matches_onnx(tmp_path):
     import onnx
     from onnx import numpy_helper
