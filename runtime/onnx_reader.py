@@ -8,8 +8,9 @@ uses is decoded (onnx/onnx.proto3 field numbers):
     GraphProto   1 node, 5 initializer, 11 input, 12 output (ValueInfoProto 1 name)
     NodeProto    1 input, 2 output, 3 name, 4 op_type, 5 attribute, 7 domain
     Attribute    1 name, 2 f (float), 3 i (int), 4 s (bytes), 20 type
-    TensorProto  1 dims, 2 data_type, 4 float_data, 7 int64_data, 8 name, 9 raw_data,
-                 13 external_data, 14 data_location (1 = EXTERNAL: refused)
+    TensorProto  1 dims, 2 data_type, 4 float_data, 5 int32_data (also float16 bit patterns),
+                 7 int64_data, 8 name, 9 raw_data, 10 double_data, 13 external_data,
+                 14 data_location (1 = EXTERNAL: refused)
 
 Anything malformed raises OnnxReadError; the caller falls back to onnxruntime.
 """
@@ -142,7 +143,7 @@ def _node(buf: memoryview) -> Node:
 
 def _tensor(buf: memoryview) -> tuple[str, np.ndarray]:
     dims: list[int] = []
-    dtype, name, raw, floats, ints = None, "", None, [], []
+    dtype, name, raw, floats, ints, ints32, doubles = None, "", None, [], [], [], []
     for num, wt, v in _fields(buf):
         if num == 1:
             if wt == 2:
@@ -152,7 +153,11 @@ def _tensor(buf: memoryview) -> tuple[str, np.ndarray]:
         elif num == 2:
             dtype = v
         elif num == 4:
-            floats.append(np.frombuffer(v, "<f4") if wt == 2 else np.frombuffer(v, "<f4"))
+            floats.append(np.frombuffer(v, "<f4"))          # packed (wt 2) or one fixed32 (wt 5)
+        elif num == 5:
+            ints32.extend(_packed_varints(v) if wt == 2 else [v])
+        elif num == 10:
+            doubles.append(np.frombuffer(v, "<f8"))
         elif num == 7:
             ints.extend(_packed_varints(v) if wt == 2 else [v - (1 << 64) if v >= 1 << 63 else v])
         elif num == 8:
@@ -175,8 +180,15 @@ def _tensor(buf: memoryview) -> tuple[str, np.ndarray]:
         arr = np.concatenate(floats).astype(dt)
     elif ints:
         arr = np.asarray(ints, dt)
+    elif ints32:
+        a32 = np.asarray(ints32, np.int64)
+        arr = (a32.astype(np.uint16).view(np.float16) if dt == np.float16 else a32).astype(dt)
+    elif doubles:
+        arr = np.concatenate(doubles).astype(dt)
+    elif count == 0:
+        arr = np.zeros(0, dt)
     else:
-        arr = np.zeros(count, dt)
+        raise OnnxReadError(f"initializer {name!r}: no data")
     if arr.size != count:
         raise OnnxReadError(f"initializer {name!r}: {arr.size} values for dims {dims}")
     return name, arr.astype(dt.newbyteorder("="), copy=False).reshape(dims)

@@ -281,6 +281,25 @@ def test_reader_matches_onnx(tmp_path):
     assert {p.key: p.value for p in m.metadata_props} == g.metadata
 
 
+def test_reader_decodes_typed_fields_as_onnx_does():
+    """Initializers written in the typed fields (float_data, int32_data, int64_data, double_data), not raw."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f16 = np.array([1.5, -2.0, 0.1], np.float16)
+    inits = [helper.make_tensor("f", TensorProto.FLOAT, [2, 2], [1.0, 2.0, 3.0, -4.5]),
+             helper.make_tensor("h", TensorProto.FLOAT16, [3], f16.view(np.uint16).tolist()),
+             helper.make_tensor("i", TensorProto.INT64, [2], [3, -4]),
+             helper.make_tensor("d", TensorProto.DOUBLE, [2], [0.5, 7.0])]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name="n")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+    g = read_onnx(helper.make_model(graph).SerializeToString())
+    for t in inits:
+        want = numpy_helper.to_array(t)
+        assert g.initializers[t.name].dtype == want.dtype and np.array_equal(g.initializers[t.name], want), t.name
+    assert g.nodes[0].op == "Identity" and g.inputs == ["x"] and g.outputs == ["y"]
+
+
 def test_cli_info_and_bench_name_the_engine(tmp_path):
     _, path = _export(tmp_path, "cli", {}, {})
     run = lambda *a: subprocess.run([sys.executable, "-m", "edgessm.runtime", str(path), "--provider", "cpu", *a],
