@@ -107,6 +107,29 @@ def test_matches_onnxruntime_and_float64_oracle(tmp_path, name):
             assert _rel(sf[k], ref[k]) < FUSED_VS_F64, k
 
 
+def test_reduced_systems_with_real_and_padded_modes(tmp_path):
+    """What balanced truncation hands the exporter: per-layer N, real eigenvalues, and padded modes
+    (B = C = 0) in channels that need fewer modes than their layer keeps."""
+    from edgessm.model import diagonal_systems, with_diagonal_systems
+    from edgessm.ssm import DiagonalSSM
+
+    model = _model(d_state=6, n_layers=2)
+    small = []
+    for s, k in zip(diagonal_systems(model), (3, 5)):
+        A, B, C = s.A[:, :k].copy(), s.B[:, :k].copy(), s.C[:, :k].copy()
+        A[:, 0] = np.abs(A[:, 0])                            # a real mode in every channel
+        A[::2, -1], B[::2, -1], C[::2, -1] = 0.5, 0.0, 0.0   # a padded mode in every other channel
+        small.append(DiagonalSSM(A, B, C, s.D))
+    reduced = with_diagonal_systems(model, small).eval()
+    path = tmp_path / "r.onnx"
+    export_onnx(reduced, path, verify=False)
+    xs = _inputs(reduced.config, 2, 500)
+    f, o = _pair(path, 2)
+    yf = f.run(xs)
+    assert _rel(yf, o.run(xs)) < FUSED_VS_ORT
+    assert _rel(yf, reference(reduced, xs)["y@float64"]) < FUSED_VS_F64
+
+
 @pytest.mark.parametrize("name", list(FP16_CASES))
 def test_fp16_graphs_match_onnxruntime(tmp_path, name):
     cfg_kw, opts = FP16_CASES[name]
