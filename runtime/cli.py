@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--tf32", action="store_true", help="CUDA provider: float32 MatMul/Gemm in TF32 on Ampere+ GPUs "
                     "(~1e-3 relative error; off by default)")
     rt.add_argument("--no-io-binding", action="store_true", help="plain session.run with host states (debugging)")
+    rt.add_argument("--engine", choices=("auto", "fused", "onnxruntime"), default="auto",
+                    help="auto: the fused C step (compiled here, checked against onnxruntime at start) where it runs, "
+                    "else onnxruntime; --info says which runs and why (env EDGESSM_ENGINE overrides auto)")
     b = ap.add_argument_group("benchmark")
     b.add_argument("--bench", type=int, metavar="N", help="time N steps after warm-up: p50/p90/p99 latency, steps/s, "
                    "and the floor of a one-node graph on the same provider and IO path")
@@ -114,7 +117,7 @@ def _main(args) -> int:
     sess = StreamingSession(args.model, provider=provider, batch=batch, threads=args.threads,
                             cuda_graph=args.cuda_graph, trt_fp16=not args.no_trt_fp16, trt_cache_dir=args.trt_cache,
                             chunk_path=args.chunk, device_id=args.device_id, io_binding=not args.no_io_binding,
-                            check_finite=args.check_finite, tf32=args.tf32)
+                            check_finite=args.check_finite, tf32=args.tf32, engine=args.engine)
     report_to = sys.stderr if (args.input is not None and out_kind == "-") else sys.stdout
 
     if args.info:
@@ -289,6 +292,7 @@ def _print_info(sess: StreamingSession, as_json: bool, out) -> None:
     spec = sess.spec
     info = {
         "model": sess.model_label, "providers": sess.providers, "fallback": sess.fallback, "batch": sess.batch,
+        "engine": sess.engine, "engine_note": sess.engine_note,
         "input": {"name": spec.input.name, "dtype": spec.input.dtype.name, "shape": list(spec.input.shape)},
         "output": {"name": spec.output.name, "dtype": spec.output.dtype.name, "shape": list(spec.output.shape)},
         "states": [{"input": s.input, "output": s.output, "shape": list(s.shape), "layout": s.layout} for s in spec.states],
@@ -301,6 +305,7 @@ def _print_info(sess: StreamingSession, as_json: bool, out) -> None:
     print(f"model      {sess.model_label}", file=out)
     print(f"graph      {spec.describe()}", file=out)
     print(f"providers  {', '.join(sess.providers)}" + (f"  [{sess.fallback}]" if sess.fallback else ""), file=out)
+    print(f"engine     {sess.engine}: {sess.engine_note}", file=out)
     for key in ("edgessm.task", "edgessm.precision", "edgessm.ranks", "edgessm.error_bounds", "edgessm.source_sha256"):
         if key in spec.metadata:
             print(f"{key[8:]:<10} {json.dumps(spec.metadata[key])[:200]}", file=out)
@@ -324,6 +329,7 @@ def _bench(sess: StreamingSession, args, out) -> None:
     ratio = step.p50_us / floor.p50_us if floor else None
     report = {
         "model": sess.model_label, "providers": sess.providers, "fallback": sess.fallback, "device": sess.device,
+        "engine": sess.engine, "engine_note": sess.engine_note,
         "batch": sess.batch, "threads": sess.threads or 1, "io_binding": sess.io_binding, "cuda_graph": sess.cuda_graph,
         "onnxruntime": onnxruntime.__version__, "n": n, "warmup": warmup,
         "step": step.as_dict(), "floor": floor.as_dict() if floor else None, "step_over_floor_p50": ratio,
@@ -334,6 +340,7 @@ def _bench(sess: StreamingSession, args, out) -> None:
     print(f"providers  {', '.join(sess.providers)}  (batch {sess.batch}, threads {sess.threads or 1}, "
           f"{'io binding' if sess.io_binding else 'session.run'}, cuda graph {'on' if sess.cuda_graph else 'off'})"
           + (f"  [{sess.fallback}]" if sess.fallback else ""), file=out)
+    print(f"engine     {sess.engine}: {sess.engine_note}", file=out)
     print(f"step       {step.line()}", file=out)
     if floor:
         print(f"floor      {floor.line()}  (one-node graph, same provider and IO path)", file=out)

@@ -115,7 +115,7 @@ def measure_floor(session, n: int = 1000, warmup: int = 100, seed: int = 0) -> L
     shape = tuple(session.input.shape) or (1,)  # token models: one float per stream
     floor = StreamingSession(floor_model_bytes(shape), provider=_same_provider(session), batch=session.batch,
                              threads=session.threads, cuda_graph=session.cuda_graph, io_binding=session.io_binding,
-                             device_id=session.device_id)
+                             device_id=session.device_id, engine="onnxruntime")
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal((session.batch, *shape)).astype(np.float32) for _ in range(16)]
     return measure_latency(floor.step, xs, n=n, warmup=warmup)

@@ -20,6 +20,11 @@ Two engines move data in and out of onnxruntime:
   had at capture: inputs are copied into the bound ``x`` buffer, reset/set_state write into
   the existing state buffers.
 - plain (``io_binding=False``): ``session.run`` with numpy states, the reference path.
+- fused (``engine="auto"`` on the CPU provider, or ``engine="fused"``): the whole step as one call into
+  C compiled on this machine from the weights in the same ONNX file (runtime/fused.py). It is checked
+  against onnxruntime on a few random steps when the session starts; a graph it does not recognise,
+  no C compiler, or a disagreement leaves the bound engine in place and says why in ``engine_note``.
+  ``EDGESSM_ENGINE=onnxruntime`` (or ``fused``) overrides ``engine="auto"``.
 
 On the CPU provider the bound engine runs the same binding and ping-pong code with CPU
 buffers, so the CPU tests exercise the GPU path's state logic.
@@ -35,7 +40,10 @@ from .contract import GraphSpec, TensorSpec, read_graph_spec
 from .errors import RuntimeInputError, RuntimeModelError, RuntimeProviderError
 from .providers import CUDA, TRT, ProviderArg, _version, create_session, plan_providers, session_options
 
-__all__ = ["StreamingSession"]
+__all__ = ["StreamingSession", "ENGINES"]
+
+ENGINES = ("auto", "fused", "onnxruntime")
+ENGINE_ENV = "EDGESSM_ENGINE"
 
 # gpu_graph_id values for the two ping-pong directions (onnxruntime reserves 0, -1 disables capture)
 GRAPH_IDS = ("1", "2")
@@ -211,6 +219,9 @@ class StreamingSession:
     io_binding: keep states in bound device buffers (default); False uses plain ``session.run``.
     check_finite: reject NaN/Inf inputs (costs a pass over each input).
     verify_cuda_graph: with cuda_graph, compare the captured graphs with eager runs once at start.
+    engine: "auto" (the fused C engine where it runs: CPU provider, IO binding, no CUDA graph; else
+        onnxruntime), "fused" (RuntimeProviderError if it cannot run) or "onnxruntime". ``engine`` says
+        which runs, ``engine_note`` why. The environment variable EDGESSM_ENGINE overrides "auto".
 
     A session is not thread-safe; with CUDA graphs call it from the thread that created it
     (onnxruntime keeps captured graphs per thread).
@@ -220,7 +231,7 @@ class StreamingSession:
                  threads: Optional[int] = None, cuda_graph: bool = False, trt_fp16: bool = True,
                  trt_cache_dir: Optional[str] = None, *, chunk_path: Optional[Union[str, os.PathLike]] = None,
                  device_id: int = 0, io_binding: bool = True, check_finite: bool = False,
-                 verify_cuda_graph: bool = True, log_level: int = 3, tf32: bool = False):
+                 verify_cuda_graph: bool = True, log_level: int = 3, tf32: bool = False, engine: str = "auto"):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RuntimeInputError(f"batch must be a positive integer (number of streams), got {batch!r}")
         if cuda_graph and not io_binding:
@@ -274,12 +285,41 @@ class StreamingSession:
                 self._engine.check_cuda_graphs(self._probe_input())
         else:
             self._engine = _PlainEngine(self._sess, self.spec, self.batch, chunk_sess)
+        self.engine, self.engine_note = "onnxruntime", ""
+        self._select_engine(model, engine)
         x = self.spec.input
         self._x_shape = (self.batch, *x.shape)
         self._x_dtype = x.dtype
         self._fast_ok = not (self.check_finite or x.is_tokens)  # tokens always get the range check
         self._t = 0                                     # steps taken by the session
         self._reset_at = np.zeros(self.batch, np.int64)  # self._t at each stream's last reset
+
+    def _select_engine(self, model, engine: str) -> None:
+        if engine not in ENGINES:
+            raise RuntimeInputError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+        if engine == "auto":
+            engine = os.environ.get(ENGINE_ENV, "").strip().lower() or "auto"
+            if engine not in ENGINES:
+                raise RuntimeInputError(f"{ENGINE_ENV}={engine!r} is not one of {', '.join(ENGINES)}")
+        if engine == "onnxruntime":
+            self.engine_note = "onnxruntime requested"
+            return
+        if engine == "auto" and (self.device != "cpu" or not self.io_binding or self.cuda_graph):
+            self.engine_note = (f"fused engine not tried: it runs on the CPU with IO binding and no CUDA graph, "
+                                f"this session is {self.providers[0]}"
+                                f"{'' if self.io_binding else ', io_binding=False'}{', cuda_graph' if self.cuda_graph else ''}")
+            return
+        from .fused import FusedUnavailable, load_fused
+        try:
+            data = model if isinstance(model, bytes) else open(model, "rb").read()
+            shapes = {st.input: tuple(st.shape) for st in self.spec.states}
+            self._engine, self.engine_note = load_fused(data, self._sess, shapes, self.batch, self.threads or 1)
+            self.engine = "fused"
+        except (FusedUnavailable, OSError) as e:
+            if engine == "fused":
+                raise RuntimeProviderError(f"{self.model_label}: the fused engine cannot run it ({e}); "
+                                           "use engine='onnxruntime' (--engine onnxruntime)") from None
+            self.engine_note = f"fused engine unavailable: {e}"
 
     # ------------------------------------------------------------------ info
     @property
@@ -306,7 +346,7 @@ class StreamingSession:
 
     def __repr__(self) -> str:
         return (f"StreamingSession({self.model_label!r}, batch={self.batch}, providers={self.providers}, "
-                f"io_binding={self.io_binding}, cuda_graph={self.cuda_graph}, "
+                f"io_binding={self.io_binding}, cuda_graph={self.cuda_graph}, engine={self.engine!r}, "
                 f"chunk={self.chunk_spec.chunk if self.chunk_spec else None})")
 
     # ------------------------------------------------------------------ running
@@ -326,7 +366,10 @@ class StreamingSession:
         L = xs.shape[1]
         ys = np.empty((self.batch, L, *self.spec.output.shape), self.spec.output.dtype)
         t = 0
-        if self.chunk_spec is not None and L > 0:
+        if self.engine == "fused" and L > 0:  # all L steps in one C call
+            ys[:] = self._engine.sequence(xs)
+            t = L
+        if self.chunk_spec is not None and t < L:
             T = self.chunk_spec.chunk or L
             while t + T <= L:
                 ys[:, t:t + T] = self._engine.chunk(np.ascontiguousarray(xs[:, t:t + T]))
