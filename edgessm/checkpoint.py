@@ -170,9 +170,13 @@ def _check_provenance(path, prov: dict[str, Any]) -> None:
     def integer(v: Any, lo: int, hi: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
-    for key in ("task", "command", "edgessm_version"):
+    for key in ("command", "edgessm_version"):
         if key in prov and not isinstance(prov[key], str):
             raise bad(key, prov[key], "a string")
+    task = prov.get("task", "")
+    if not (isinstance(task, str) or (isinstance(task, dict) and isinstance(task.get("name", ""), str)
+                                      and isinstance(task.get("classes", []), list))):
+        raise bad("task", task, 'a task name, or {"name": str, "classes": [...]}')
     if "seq_len" in prov and not integer(prov["seq_len"], 1, MAX_SEQ_LEN):
         raise bad("seq_len", prov["seq_len"], f"an integer in [1, {MAX_SEQ_LEN}]")
     if "best_epoch" in prov and not integer(prov["best_epoch"], -1, 1 << 30):

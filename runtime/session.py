@@ -37,6 +37,10 @@ from .providers import CUDA, TRT, ProviderArg, _version, create_session, plan_pr
 
 __all__ = ["StreamingSession"]
 
+# State + IO buffers a session may allocate (both ping-pong sets, all streams). An edgessm graph needs
+# 2 x 4 bytes x H x 2N per layer per stream: 4 x 128 x 64 is 0.5 MiB, so 4 GiB is thousands of streams.
+MAX_BUFFER_BYTES = 4 << 30
+
 # gpu_graph_id values for the two ping-pong directions (onnxruntime reserves 0, -1 disables capture)
 GRAPH_IDS = ("1", "2")
 GRAPH_ID_KEY = "gpu_graph_id"  # onnxruntime kOrtRunOptionsConfigCudaGraphAnnotation
@@ -246,6 +250,7 @@ class StreamingSession:
             raise RuntimeModelError(f"{self.model_label} is a {self.spec.kind} graph; pass the step graph as the "
                                     "model and this file as chunk_path (--chunk)")
         self._check_batch(self.spec, self.model_label)
+        self._check_buffer_bytes(self.spec, self.model_label)
         self.providers: list[str] = self._sess.get_providers()
         self.device = "cuda" if self.providers[0] in (CUDA, TRT) else "cpu"
         if self.cuda_graph and self.providers[0] != CUDA:
@@ -410,6 +415,19 @@ class StreamingSession:
         if spec.batch_dim is not None and spec.batch_dim != self.batch:
             raise RuntimeInputError(f"{label} was exported with a fixed batch of {spec.batch_dim}; "
                                     f"create the session with batch={spec.batch_dim}")
+
+    def _check_buffer_bytes(self, spec: GraphSpec, label: str) -> None:
+        """Refuse before allocating: a graph may declare a 20000 x 20000 state, a caller ask for 1e9 streams."""
+        per_stream = sum(2 * int(np.prod(s.shape, dtype=np.float64)) * s.dtype.itemsize for s in spec.states)  # ping-pong
+        per_stream += int(np.prod(spec.input.shape, dtype=np.float64)) * spec.input.dtype.itemsize
+        per_stream += int(np.prod(spec.output.shape, dtype=np.float64)) * spec.output.dtype.itemsize
+        need = per_stream * self.batch
+        if need > MAX_BUFFER_BYTES:
+            biggest = max(spec.states, key=lambda s: np.prod(s.shape, dtype=np.float64), default=None)
+            what = f"; its largest state {biggest.input} is {list(biggest.shape)} per stream" if biggest else ""
+            raise RuntimeInputError(f"{label}: {self.batch} stream(s) need {need / 2**30:.3g} GiB of state and IO "
+                                    f"buffers, over the runtime's limit of {MAX_BUFFER_BYTES / 2**30:.0f} GiB{what}; "
+                                    "lower the batch, or check that the graph is an edgessm step graph")
 
     def _check_chunk(self, c: GraphSpec, label: str) -> None:
         s = self.spec
