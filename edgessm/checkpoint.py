@@ -51,7 +51,7 @@ def check_outputs(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
 
 def save(model: torch.nn.Module, path: str | os.PathLike, provenance: Optional[dict[str, Any]] = None) -> Path:
     """Write ``model`` (an SSMModel) with its config and provenance; returns the path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     prov = dict(getattr(model, "provenance", {}) or {})
     prov.update(provenance or {})
@@ -66,8 +66,10 @@ def save(model: torch.nn.Module, path: str | os.PathLike, provenance: Optional[d
     if bad:  # every later command would refuse the file: never write one
         raise CheckpointError(f"refusing to write {path}: tensor {bad[0]} has NaN/Inf values (the model diverged); "
                               "lower the learning rate or start from an earlier checkpoint")
+    blob = save_bytes(tensors, metadata=meta)  # save_file would recreate the file with mode 0600
     with atomic_write(path, "checkpoint") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "wb") as f:
+            f.write(blob)
     model.provenance = prov
     return Path(path)
 

@@ -35,7 +35,24 @@ from .report import json_default  # noqa: E402
 
 
 class _Group(click.Group):
-    """Turns EdgeSSMError (and a bad file for click) into one line + exit 2."""
+    """Turns EdgeSSMError, click's usage errors and OS errors into one line + exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:  # click would print the usage block first: one line instead
+            where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+            click.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -30,8 +30,15 @@ MAX_BATCH = 1 << 20    # streams; the session also checks the bytes its buffers 
 MAX_BENCH = 10_000_000  # timed steps: each keeps one float of timing
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (not the usage block) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 (argparse's hook)
+        self.exit(2, f"error: {' '.join(message.split())}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="python -m edgessm.runtime",
         description="Run an edgessm ONNX step graph one time step per call (streaming), or benchmark it.")
     ap.add_argument("model", help="the step graph (.onnx)")

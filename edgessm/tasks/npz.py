@@ -100,7 +100,8 @@ def _numeric(name: str, key: str, a: np.ndarray) -> None:
 
 def _as_float32(name: str, key: str, a: np.ndarray) -> np.ndarray:
     """float32 copy; values beyond float32's range (1e300 in a float64 file) would become Inf."""
-    out = a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32)
     if not np.isfinite(out).all():
         big = float(np.max(np.abs(a.astype(np.float64))))
         raise TaskError(f"{name}: array '{key}' has values up to {big:.3g}, beyond float32's range (3.4e38): "
