@@ -188,7 +188,7 @@ def _check_provenance(path, prov: dict[str, Any]) -> None:
             raise bad(key, prov[key], "a JSON object")
     if "parent" in prov:
         par = prov["parent"]
-        if not isinstance(par, dict) or not all(isinstance(par.get(k, ""), str) for k in ("path", "sha256")):
+        if not isinstance(par, dict) or not isinstance(par.get("path"), str) or not isinstance(par.get("sha256", ""), str):
             raise bad("parent", par, 'an object {"path": ..., "sha256": ...} of strings')
     seed = prov.get("train_config", {}).get("seed", 0)
     if not integer(seed, 0, 2**32 - 1):

@@ -171,6 +171,8 @@ class ModelConfig:
             d = json.loads(s)
         except json.JSONDecodeError as e:
             raise ConfigError(f"model config is not valid JSON ({e})") from None
+        except RecursionError:
+            raise ConfigError("model config JSON is nested too deeply to be a config") from None
         if not isinstance(d, dict):
             raise ConfigError("model config JSON must be an object")
         return cls.from_dict(d)

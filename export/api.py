@@ -337,7 +337,7 @@ def read_metadata(onnx_path: Union[str, os.PathLike]) -> dict[str, Any]:
             continue
         try:
             out[prop.key] = json.loads(prop.value)
-        except ValueError:
+        except (ValueError, RecursionError):
             out[prop.key] = prop.value
     if not out:
         raise ExportError(f"{p} has no edgessm.* metadata; it was not written by edgessm export")

@@ -91,7 +91,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except Exception as e:  # onnxruntime's own errors at run time: one line, not a traceback
         if type(e).__module__.startswith("onnxruntime"):
-            return _fail("onnxruntime: " + " ".join(str(e).split())[:400])
+            from .providers import clean_ort_message
+
+            return _fail("onnxruntime: " + clean_ort_message(str(e)))
         raise
 
 

@@ -92,7 +92,7 @@ def parse_metadata(custom: dict[str, str]) -> dict[str, Any]:
             continue
         try:
             out[key] = json.loads(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):  # not JSON (or nested absurdly deep): keep the text
             out[key] = raw
     return out
 

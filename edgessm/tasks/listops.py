@@ -400,6 +400,8 @@ def load_lra_listops(directory: str, seed: int = 0, max_len: Optional[int] = Non
         data = {k: _read_tsv(p) for k, p in paths.items()}
         longest = max(len(s) for seqs, _ in data.values() for s in seqs)
         L = longest if max_len is None else max_len
+        n = sum(len(seqs) for seqs, _ in data.values())
+        check_task_bytes(f"lra-listops:{directory}", 8.0 * n * L, f"{n} sequences padded to max_len={L}")
         out: dict[str, np.ndarray] = {}
         dropped = {}
         for k, (seqs, labels) in data.items():
