@@ -241,6 +241,9 @@ def load(path: str | os.PathLike, map_location: str = "cpu", check_finite: bool 
         if tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"checkpoint {path}: tensor {k} has shape {tuple(v.shape)}, "
                                   f"config says {tuple(expected[k].shape)}")
+        if expected[k].is_floating_point() and not v.is_floating_point():  # load_state_dict would cast it silently
+            raise CheckpointError(f"checkpoint {path}: tensor {k} has dtype {v.dtype}, expected floating point; "
+                                  "the file was not written by edgessm or is damaged")
         if check_finite and v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"checkpoint {path}: tensor {k} has NaN/Inf values; the training diverged, "
                                   "use an earlier checkpoint or a lower learning rate")

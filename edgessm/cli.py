@@ -44,7 +44,7 @@ class _Group(click.Group):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:  # click would print the usage block first: one line instead
             where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
-            click.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+            click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{where}", err=True)
             sys.exit(2)
         except click.ClickException as e:
             click.echo(f"error: {' '.join(e.format_message().split())}", err=True)

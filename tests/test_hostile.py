@@ -187,6 +187,10 @@ CASES = [
     Case("finetune-o-is-input", ["finetune", "m.safetensors", "--task", "npz:data.npz", "-o", "m.safetensors"],
          "is the checkpoint"),
     Case("train-o-is-the-data", ["train", "--task", "npz:data.npz", "-o", "data.npz", *TRAIN], "is the --task file"),
+    Case("compress-report-to-a-device", ["compress", "m.safetensors", "--rank", "2", "-o", "s.safetensors",
+                                         "--report", "/dev/null"], "it is a device"),
+    Case("runtime-output-is-a-folder", ["rt", "g.onnx", "-i", "x.npy", "-o", "out.npy"], "it is a folder",
+         setup=lambda d: (d / "out.npy").mkdir()),
     Case("train-o-in-missing-folder", ["train", "--task", "npz:data.npz", "-o", "no/such/m.safetensors", *TRAIN],
          "does not exist"),
     Case("runtime-output-is-input", ["rt", "g.onnx", "-i", "x.npy", "-o", "x.npy"], "is the --input"),
@@ -216,6 +220,11 @@ CASES = [
     Case("config-null-dim", ["info", "c.safetensors"], "config.d_output=None", setup=ckpt("c.safetensors", {"d_output": None})),
     Case("config-layer-d-state-string", ["info", "c.safetensors"], "layer_d_state",
          setup=ckpt("c.safetensors", {"layer_d_state": "3,3"})),
+    Case("config-nested-json", ["info", "c.safetensors"], "nested too deeply",
+         setup=lambda d: _set_raw(d, "edgessm.config", "[" * 100_000 + "]" * 100_000)),
+    Case("tensor-int-dtype", ["info", "c.safetensors"], "expected floating point",
+         setup=ckpt("c.safetensors", tensors=lambda t: {k: (v.to(torch.int64) if k == "decoder.weight" else v)
+                                                         for k, v in t.items()})),
     # ---- huge dims in a small file: refused from the header, before anything is built
     Case("config-n-layers-1e6", ["info", "c.safetensors"], "n_layers", setup=ckpt("c.safetensors", {"n_layers": 10**6})),
     Case("config-d-model-1e8", ["info", "c.safetensors"], "d_model", setup=ckpt("c.safetensors", {"d_model": 10**8})),
@@ -269,6 +278,8 @@ CASES = [
          setup=npz("s.npz", x=np.float32(3.0), y=np.arange(4))),
     Case("npz-label-1e9", ["train", "--task", "npz:l.npz", "-o", "o.safetensors", *TRAIN], "classes",
          setup=npz("l.npz", x=np.zeros((10, 4), np.float32), y=np.array([0, 10**9] * 5))),
+    Case("npz-lengths-float", ["train", "--task", "npz:lf.npz", "-o", "o.safetensors", *TRAIN], "'lengths' must be integer",
+         setup=npz("lf.npz", x=np.zeros((10, 4), np.float32), y=np.arange(10) % 2, lengths=np.full(10, 2.5))),
     Case("npz-vocab-string", ["train", "--task", "npz:data.npz", "--task-option", "vocab_size=abc", "-o", "o.safetensors",
                               *TRAIN], "vocab_size"),
     Case("npz-header-lies", ["train", "--task", "npz:z.npz", "-o", "o.safetensors", *TRAIN], "claims shape",
@@ -312,10 +323,15 @@ CASES = [
 ]
 
 
-def _set_raw_prov(d: Path, raw: str) -> None:
+def _set_raw(d: Path, key: str, raw: str) -> None:
+    """c.safetensors from m.safetensors with one metadata value replaced by ``raw`` text."""
     t, meta = _tensors(d)
-    meta["edgessm.provenance"] = raw
+    meta[key] = raw
     save_file(t, str(d / "c.safetensors"), metadata=meta)
+
+
+def _set_raw_prov(d: Path, raw: str) -> None:
+    _set_raw(d, "edgessm.provenance", raw)
 
 
 def _snapshot(d: Path) -> dict[str, str]:
