@@ -193,8 +193,10 @@ def _check_parity(model, blob: bytes, kind: str, T: Optional[int], L: int, tol: 
     return result
 
 
-# A protobuf message (an ONNX file without external data) cannot exceed 2 GiB; stay clear of it.
-MAX_GRAPH_BYTES = 1_800_000_000
+# A protobuf message (an ONNX file without external data) cannot exceed 2 GiB, and building a chunk graph
+# holds several copies of its weights (float64 per layer while forming them, the float32 constants, the
+# serialised bytes): 1 GiB of weights keeps the build to a few GiB.
+MAX_GRAPH_BYTES = 1 << 30
 
 
 def chunk_graph_bytes(mp: ModelParams, T: int, fp16: bool = False) -> int:
@@ -210,8 +212,8 @@ def _check_chunk_size(mp: ModelParams, T: int, fp16: bool) -> None:
         t = 1
         while chunk_graph_bytes(mp, 2 * t, fp16) <= MAX_GRAPH_BYTES:
             t *= 2
-        raise ExportError(f"--chunk {T} makes a chunk graph of {need / 1e9:.3g} GB (its weights grow as T^2), over "
-                          f"ONNX's 2 GB file limit; use --chunk {t} or less")
+        raise ExportError(f"--chunk {T} makes a chunk graph of {need / 2**30:.3g} GiB (its weights grow as T^2), over "
+                          f"the limit of 1 GiB (ONNX files stop at 2 GB); use --chunk {t} or less")
 
 
 def _write_all(files: dict[Path, bytes]) -> None:
