@@ -399,6 +399,11 @@ def test_hostile_case(case: Case, world, tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------- beyond the table
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
 def _cli(*args, ok=True):
     res = CliRunner().invoke(edgessm_main, [str(a) for a in args])
     if ok:
@@ -412,16 +417,18 @@ def test_every_output_respects_the_umask(world, tmp_path, monkeypatch, umask):
     d = tmp_path / "w"
     shutil.copytree(world, d)
     monkeypatch.chdir(d)
+    plot = ["--plot", "p.png"] if _has("matplotlib") else []
     old = os.umask(umask)
     try:
-        _cli("compress", "m.safetensors", "--rank", "2", "-o", "s.safetensors", "--report", "r.json")
+        _cli("compress", "m.safetensors", "--rank", "2", "-o", "s.safetensors", "--report", "r.json", *plot)
         _cli("export", "s.safetensors", "-o", "s.onnx", "--chunk", "2", "--verify-steps", "4")
         assert runtime_main(["g.onnx", "-i", "x.npy", "-o", "y.npy"]) == 0
         assert runtime_main(["g.onnx", "-i", "x.npy", "-o", "y.csv"]) == 0
         edgessm.save(edgessm.load("m.safetensors"), "copy.safetensors")
     finally:
         os.umask(old)
-    for name in ("s.safetensors", "r.json", "s.onnx", "s.chunk2.onnx", "y.npy", "y.csv", "copy.safetensors"):
+    for name in ("s.safetensors", "r.json", "s.onnx", "s.chunk2.onnx", "y.npy", "y.csv", "copy.safetensors",
+                 *(["p.png"] if plot else [])):
         assert stat.S_IMODE(os.stat(d / name).st_mode) == 0o666 & ~umask, name
 
 
