@@ -43,6 +43,9 @@ class _Group(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:  # click would print the usage block first: one line instead
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `edgessm`: the help is what was asked for
+                e.show()
+                sys.exit(e.exit_code)
             where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
             click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{where}", err=True)
             sys.exit(2)

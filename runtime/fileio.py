@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Union
 
-__all__ = ["regular_file", "check_outputs", "check_writable", "atomic_write"]
+__all__ = ["regular_file", "check_outputs", "check_writable", "atomic_write", "iter_lines"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -137,7 +137,8 @@ class atomic_write:
         raise self.error(f"cannot write {self.what} {self.path}: no free temporary name in {target.parent}")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.tmp is not None
+        if self.tmp is None:  # __enter__ failed: nothing was created
+            return
         if exc_type is None:
             try:
                 os.replace(self.tmp, self.target)
