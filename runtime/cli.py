@@ -215,6 +215,9 @@ def _as_model_input(data: np.ndarray, has_batch_axis: bool, sess: StreamingSessi
     Returns (data (B, L, ...), has_batch_axis).
     """
     spec = sess.input
+    if data.ndim < 2 or data.shape[1] == 0:
+        raise RuntimeInputError(f"{path}: holds no time steps (shape {data.shape[1:] if not has_batch_axis else data.shape}); "
+                                "nothing to run")
     raw = data[0] if (data.dtype.kind in "iu" and not has_batch_axis) else data
     if spec.is_tokens:
         if data.dtype.kind not in "iu":
