@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _main(args)
+        rc = _main(args)
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the handlers, not at interpreter exit
+        return rc
     except EdgeSSMRuntimeError as e:
         return _fail(str(e))
     except BrokenPipeError:  # the reader went away (| head): stop quietly. Before OSError, its base class

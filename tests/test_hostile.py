@@ -500,13 +500,15 @@ def test_runtime_into_a_closed_pipe_is_quiet(world, tmp_path, extra):
     assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err, err
 
 
-def test_edgessm_info_into_a_full_stdout(world):
-    """`edgessm info --json > /dev/full`: one line, exit 2, no traceback."""
+@pytest.mark.parametrize("cmd", [["edgessm.cli", "info", "--json", "m.safetensors"],
+                                 ["edgessm.runtime", "g.onnx", "--info", "--json"]])
+def test_info_into_a_full_stdout(world, cmd):
+    """`edgessm info --json > /dev/full` (and the runtime's --info): one line, exit 2, no traceback."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open("/dev/full", "w") as full:
-        r = subprocess.run([sys.executable, "-m", "edgessm.cli", "info", "--json", "m.safetensors"], cwd=world, env=env,
+        r = subprocess.run([sys.executable, "-m", *cmd], cwd=world, env=env,
                            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "No space left" in r.stderr
