@@ -89,6 +89,10 @@ def plan_providers(provider: ProviderArg = "auto", *, available: Optional[Sequen
                    device_id: int = 0, cuda_graph: bool = False, trt_fp16: bool = True,
                    trt_cache_dir: Optional[str] = None, tf32: bool = False) -> ProviderPlan:
     """Turn the user's provider choice into onnxruntime's ``providers=`` list."""
+    if not isinstance(provider, (str, list, tuple)):
+        raise RuntimeInputError(f"provider {provider!r} must be 'auto', 'tensorrt', 'cuda', 'cpu' or a list of names")
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise RuntimeInputError(f"device_id {device_id!r} must be a non-negative integer (the GPU index)")
     if available is None:
         available = _ort().get_available_providers()
     available = list(available)

@@ -243,6 +243,8 @@ class StreamingSession:
                  verify_cuda_graph: bool = True, log_level: int = 3, tf32: bool = False):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RuntimeInputError(f"batch must be a positive integer (number of streams), got {batch!r}")
+        if isinstance(device_id, bool) or not isinstance(device_id, (int, np.integer)) or device_id < 0:
+            raise RuntimeInputError(f"device_id must be a non-negative integer (the GPU index), got {device_id!r}")
         if cuda_graph and not io_binding:
             raise RuntimeInputError("cuda_graph=True needs io_binding=True (captured graphs need fixed buffers)")
         self.batch = int(batch)
