@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from edgessm.balanced import balanced_truncation, error_system, hankel_singular_values, hinf_norm  # noqa: E402
+from edgessm.reduce import balanced_truncation, error_system, hankel_singular_values, hinf_norm  # noqa: E402
 from edgessm.parallel import threads  # noqa: E402
 from edgessm.ssm import DiagonalSSM, zoh  # noqa: E402
 

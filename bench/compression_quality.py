@@ -3,7 +3,7 @@
 Dimensions: H channels, N modes per channel, r kept stored modes, k kept real order.
 
 For every SSM layer of a checkpoint and every r in --ranks (default 1..N-1), per channel h:
-  balanced truncation (edgessm.balanced.balanced_truncation): the certified Enns/Glover bound
+  balanced truncation (edgessm.reduce.balanced_truncation): the certified Enns/Glover bound
   2 sum_{i>k} sigma_i, the lower bound sigma_{k+1}, and the measured ||G_h - G_h,r||_inf;
   modal truncation (largest 2|CB|/(1-|A|), LAST): the measured ||G_h - G_h,r||_inf.
 All errors are divided by the channel's gain ||G_h||_inf (relative errors); the plot shows the
@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgessm.balanced import balanced_truncation, hinf_norm, horizon_operator_error, modal_truncation
+from edgessm.compress import reduce_layer
+from edgessm.reduce import balanced_truncation, hinf_norm, horizon_operator_error, modal_truncation
 from edgessm.checkpoint import load
 from edgessm.model import diagonal_systems
 
@@ -80,7 +81,7 @@ def horizon_rows(sys, ranks: list[int], L: int) -> list[dict]:
     rows = []
     for r in ranks:
         bt = balanced_truncation(sys, r, measure=False)
-        hb = balanced_truncation(sys, r, horizon=L, measure=False)
+        hb = reduce_layer(sys, rank=r, horizon=L)  # with compress's fallback policy, as `edgessm compress --horizon`
         e_bt = horizon_operator_error(sys, bt.system, L)
         rows.append({"r": r, "L": L, "bt_Lstep_median": float(np.median(e_bt)), "bt_Lstep_max": float(e_bt.max()),
                      "hbt_Lstep_median": float(np.median(hb.horizon_error)), "hbt_Lstep_max": float(hb.horizon_error.max()),
@@ -195,7 +196,7 @@ def latency_main(argv: list[str]) -> None:
         n_par = sum(p.numel() for p in model.parameters())
         info[m] = {"model": m, "ranks": [blk.ssm.N for blk in model.blocks], "parameters": n_par,
                    "parameter_bytes_fp32": 4 * n_par, "checkpoint_bytes": os.path.getsize(m),
-                   "state_floats": sum(model.state_size()), "state_bytes_fp32": 4 * sum(model.state_size()),
+                   "state_floats": sum(model.step_state_floats()), "state_bytes_fp32": 4 * sum(model.step_state_floats()),
                    "onnx": {}, "torch": {d: [] for d in devices}, "runtime": {lab: [] for lab, *_ in runtimes}}
         for target in sorted({t for *_, t in runtimes}):
             path = tmp / f"{Path(m).stem}.{target}.onnx"

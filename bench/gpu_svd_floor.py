@@ -29,15 +29,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_reduction import workload  # noqa: E402
 
-from edgessm.balanced import BALANCER_CHUNK, _factors  # noqa: E402
+from edgessm.reduce import BALANCER_CHUNK, gramian_factors  # noqa: E402
 
 
 def factor_products(kind: str = "init", chunk: int = BALANCER_CHUNK) -> np.ndarray:
-    """(3072 K K) float64: FQ^T FP per channel, padded to the largest K, as balanced._balancer forms it."""
+    """(3072 K K) float64: FQ^T FP per channel, padded to the largest K, as the engine (edgessm.reduce.balanced) forms it."""
     sys_ = workload(kind)
     out = []
     for lo in range(0, sys_.H, chunk):
-        *_, FP, FQ = _factors(sys_.channel(slice(lo, lo + chunk)), None)  # (h n K) each
+        *_, FP, FQ = gramian_factors(sys_.channel(slice(lo, lo + chunk)), None)  # (h n K) each
         out.append(np.swapaxes(FQ, 1, 2) @ FP)
     K = max(m.shape[1] for m in out)
     return np.concatenate([np.pad(m, ((0, 0), (0, K - m.shape[1]), (0, K - m.shape[2]))) for m in out])

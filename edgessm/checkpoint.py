@@ -90,11 +90,17 @@ def _header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, tuple[in
             meta = f.metadata() or {}
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated / foreign files
+        from .importers.formats import describe_file
+
+        foreign = describe_file(p)  # a PyTorch pickle, .ckpt, .npz or msgpack: say what it is and what to run
+        if foreign:
+            raise CheckpointError(f"checkpoint {p} is not an edgessm checkpoint: {foreign}") from None
         raise CheckpointError(f"checkpoint {p} is not a readable safetensors file ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else 'corrupt header'}); re-save or re-download it") from None
     if "edgessm.format_version" not in meta:
-        raise CheckpointError(f"checkpoint {p} is a safetensors file but not an edgessm checkpoint "
-                              "(no edgessm.format_version metadata); train one with `edgessm train` or convert it")
+        raise CheckpointError(f"checkpoint {p} is a safetensors file but not an edgessm checkpoint (no edgessm "
+                              f"metadata): import it with `edgessm import {p} --from s4d|s4|dss|s5|lru -o model.safetensors`, "
+                              "or train one with `edgessm train`")
     try:
         version = int(meta["edgessm.format_version"])
     except ValueError:
@@ -122,12 +128,16 @@ def _check_dims(path, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> N
     """The config's sizes against the stored tensors' shapes, from the header, before anything is built.
 
     A few bytes of JSON can ask for a model of gigabytes (n_layers = 1e6 in a 14 KB file); the tensors
-    that fix each size (encoder: d_input or vocab x H; decoder: O x H; each block's C: H x N_i x 2) must
-    be there with those shapes. The full name-by-name comparison follows once the model is built.
+    that fix each size (encoder: d_input or vocab x H; decoder: O x H, when the config has them; each
+    block's C: H x N_i x 2) must be there with those shapes. The full name-by-name comparison follows
+    once the model is built.
     """
     H = cfg.d_model
-    want = {"encoder.weight": (cfg.vocab_size, H) if cfg.vocab_size > 0 else (H, cfg.d_input),
-            "decoder.weight": (cfg.d_output, H)}
+    want = {}
+    if cfg.encoder == "linear":
+        want["encoder.weight"] = (cfg.vocab_size, H) if cfg.vocab_size > 0 else (H, cfg.d_input)
+    if cfg.decoder == "linear":
+        want["decoder.weight"] = (cfg.d_output, H)
     want.update({f"blocks.{i}.ssm.C": (H, cfg.n_modes(i), 2) for i in range(cfg.n_layers)})
     blocks = {k.split(".")[1] for k in shapes if k.startswith("blocks.") and k.count(".") >= 2}
     if blocks != {str(i) for i in range(cfg.n_layers)}:

@@ -103,12 +103,20 @@ def _task_inputs(task: str) -> dict[str, str]:
     return {}
 
 
-def _guard_paths(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    """Refuse outputs that are inputs or each other, and unwritable outputs, before any work is done."""
+def _guard_paths(inputs: dict[str, Any], outputs: dict[str, Any], read: bool = False) -> None:
+    """Refuse outputs that are inputs or each other, and unwritable outputs, before any work is done.
+
+    read=True also requires each input to be a regular file (for readers that do not check it themselves:
+    opening a FIFO blocks).
+    """
     from .checkpoint import check_outputs
     from .errors import CheckpointError
-    from .runtime.fileio import check_writable
+    from .runtime.fileio import check_writable, regular_file
 
+    if read:
+        for label, path in inputs.items():
+            if path is not None:
+                regular_file(path, label, CheckpointError)
     check_outputs(inputs, outputs)
     for label, path in outputs.items():
         if path is not None:
@@ -150,7 +158,7 @@ def _field_choices() -> dict[str, tuple[str, ...]]:
     from . import config
 
     return {"layer": config.LAYERS, "init": config.INITS, "mixing": config.MIXINGS, "pooling": config.POOLINGS,
-            "norm": config.NORMS, "activation": config.ACTIVATIONS}
+            "norm": config.NORMS, "activation": config.ACTIVATIONS, "encoder": config.ENDS, "decoder": config.ENDS}
 
 
 def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> Callable:
@@ -411,6 +419,9 @@ def _info_text(r: dict[str, Any]) -> str:
             rows.append(["test metrics", ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))])
         if prov.get("command"):
             rows.append(["made by", f"edgessm {prov['command']}" + (f" from {prov['parent']['path']}" if prov.get("parent") else "")])
+        imp = prov.get("import")
+        if isinstance(imp, dict) and isinstance(imp.get("source"), dict):
+            rows.append(["imported from", f"{imp.get('family')} {imp.get('level')}: {imp['source'].get('path')}"])
         red = prov.get("reduction")
         if red:
             bounds = [l.get("max_bound") for l in red.get("layers", [])]
@@ -461,6 +472,30 @@ def compress(model_path, output, rank, energy, tol, layer_ranks, method, horizon
                         horizon=horizon, seed=seed)
     result = compress_checkpoint(model_path, output, spec, report_path=report_path, plot_path=plot_path)
     _emit(result, as_json, summary_table)
+
+
+# ---- import ---------------------------------------------------------------------------------------
+@main.command(name="import")
+@click.argument("source_path", type=click.Path(dir_okay=False))
+@click.option("--from", "family", required=True, type=click.Choice(["s4d", "s4", "dss", "s5", "lru"]),
+              help="the codebase that trained it: s4d (s4 models/s4/s4d.py, example.py), s4 (S4Block, mode='diag'), "
+                   "dss (ag1988/dss), s5, lru")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="JSON (or YAML) of the source's constructor arguments [default: the upstream defaults]")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="one constructor argument, over --config, e.g. --set disc=bilinear (repeatable)")
+@click.option("--prefix", default=None, help="where the layer/model sits in the file's keys, e.g. model.layers.0.layer")
+@click.option("--length", type=int, default=None,
+              help="the training length L, for kernels normalised over L (DSS softmax, S4 disc=dss); the check's L otherwise")
+@out_option
+@json_option
+def import_cmd(source_path, family, config_path, set_items, prefix, length, output, as_json):
+    """Import a model or layer trained with another codebase into an edgessm checkpoint, and check it."""
+    from .importers import import_checkpoint, parse_sets, source_options, summary
+
+    _guard_paths({"source": source_path, "--config": config_path}, {"-o": output}, read=True)
+    opts = source_options(config_path, parse_sets(set_items), length)
+    _emit(import_checkpoint(source_path, output, family, opts, prefix=prefix, length=length), as_json, summary)
 
 
 # ---- export -------------------------------------------------------------------------------------

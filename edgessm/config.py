@@ -22,6 +22,7 @@ MIXINGS = ("glu", "linear", "none")
 POOLINGS = ("mean", "last", "none")
 NORMS = ("layer", "none")
 ACTIVATIONS = ("gelu", "relu", "tanh", "identity")
+ENDS = ("linear", "none")
 
 # Upper bounds are sanity limits that stop a typo or a hostile file from allocating gigabytes before
 # anything can fail; the real check of a checkpoint is against its stored tensor shapes (checkpoint.py).
@@ -102,6 +103,11 @@ class ModelConfig:
     norm: str = "layer"         # LayerNorm works per step, so the step graph reproduces it exactly
     prenorm: bool = True        # LayerNorm before the SSM (True) or after the residual (False)
     dropout: float = 0.0        # mnist1d at this size does not overfit badly; set 0.1 for larger tasks
+    # what surrounds the blocks; the defaults are edgessm's own model, the others describe imported ones
+    encoder: str = "linear"     # "linear": Linear(d_input, H) (Embedding when vocab_size > 0); "none": x is already (B L H), an imported layer for your own backbone
+    decoder: str = "linear"     # "linear": Linear(H, d_output); "none": the output is the last block's H channels
+    residual: bool = True       # h + block(h); False: the block's output alone (an S4Block or DSS layer carries no residual)
+    final_norm: bool = True     # with prenorm, a LayerNorm after the last block; s4's example.py prenorm S4Model has none
     # head: causal pooling so the step-by-step run reproduces the prediction at every step
     pooling: str = "mean"       # "mean": running mean of decoder outputs; "last": per-step output; "none": seq2seq
     # mode: "classification" (cross-entropy on the pooled last valid step) or "regression" (MSE)
@@ -113,11 +119,19 @@ class ModelConfig:
     def validate(self) -> None:
         """Type and range of every field (a checkpoint's JSON is user input), then the size it implies."""
         for name, allowed in (("layer", LAYERS), ("init", INITS), ("mixing", MIXINGS), ("pooling", POOLINGS),
-                              ("norm", NORMS), ("activation", ACTIVATIONS),
+                              ("norm", NORMS), ("activation", ACTIVATIONS), ("encoder", ENDS), ("decoder", ENDS),
                               ("task_type", ("classification", "regression"))):
             one_of("config", name, getattr(self, name), allowed)
         for name, (lo, hi) in _MODEL_INTS.items():
             setattr(self, name, integer("config", name, getattr(self, name), lo, hi))
+        for name in ("prenorm", "residual", "final_norm"):
+            boolean("config", name, getattr(self, name))
+        if self.encoder == "none" and (self.vocab_size > 0 or self.d_input != self.d_model):
+            raise ConfigError(f"config.encoder='none' feeds the input straight into the blocks, so it needs vocab_size=0 and "
+                              f"d_input == d_model, got vocab_size={self.vocab_size}, d_input={self.d_input}, d_model={self.d_model}")
+        if self.decoder == "none" and self.d_output != self.d_model:
+            raise ConfigError(f"config.decoder='none' outputs the blocks' channels, so it needs d_output == d_model, "
+                              f"got d_output={self.d_output}, d_model={self.d_model}")
         if self.layer_d_state is not None:
             if not isinstance(self.layer_d_state, (list, tuple)):
                 raise ConfigError(f"config.layer_d_state={_short(self.layer_d_state)} must be a list of "
@@ -132,7 +146,6 @@ class ModelConfig:
         if not self.dt_min <= self.dt_max:
             raise ConfigError(f"config needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         self.dropout = real("config", "dropout", self.dropout, 0.0, 1.0, hi_open=True)
-        boolean("config", "prenorm", self.prenorm)
         n = self.approx_parameters()
         if n > MAX_PARAMETERS:
             raise ConfigError(f"config implies ~{n:.3g} parameters, over the limit of {MAX_PARAMETERS:.3g} "
@@ -141,10 +154,11 @@ class ModelConfig:
     def approx_parameters(self) -> int:
         """Parameters the config implies, to within the small per-layer vectors: checked before anything is built."""
         H = self.d_model
-        enc = (self.vocab_size if self.vocab_size > 0 else self.d_input) * H
+        enc = (self.vocab_size if self.vocab_size > 0 else self.d_input) * H if self.encoder == "linear" else 0
+        dec = H * self.d_output if self.decoder == "linear" else 0
         mix = {"glu": 2 * H * H, "linear": H * H, "none": 0}[self.mixing]
         ssm = sum(4 * H * self.n_modes(i) for i in range(self.n_layers))   # Lambda (re, im), C (re, im) per mode
-        return enc + ssm + self.n_layers * (mix + 6 * H) + H * self.d_output
+        return enc + ssm + self.n_layers * (mix + 6 * H) + dec
 
     def n_modes(self, layer: int) -> int:
         """N (stored complex modes per channel) of layer i."""

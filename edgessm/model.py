@@ -3,16 +3,19 @@
 Dimensions: B batch, L length, H = d_model channels, N_i modes of layer i, O = d_output.
 
     x (B L d_input) | tokens (B L)
-      -> encoder: Linear(d_input, H) | Embedding(vocab, H)               (B L H)
+      -> encoder: Linear(d_input, H) | Embedding(vocab, H) | none         (B L H)
       -> n_layers x Block:                                                (B L H)
            z = LayerNorm(h)            (prenorm; postnorm applies it after the residual)
            z = SSM(z) + D z            (S4D or DSS layer, FFT conv / step)
            z = dropout(activation(z))
            z = dropout(mixing(z))      (GLU: Linear(H, 2H) + GLU; or Linear(H, H); or none)
-           h = h + z
-      -> final LayerNorm (prenorm)                                        (B L H)
-      -> decoder Linear(H, O)                                             (B L O)
+           h = h + z                   (residual=False: h = z)
+      -> final LayerNorm (prenorm, final_norm)                            (B L H)
+      -> decoder Linear(H, O) | none                                      (B L O)
       -> pooling: "mean" = causal running mean over steps; "last"/"none" = per-step output
+
+encoder='none', decoder='none', residual=False and norm='none' leave the bare SSM block(s): that is how an
+imported single layer (an S4Block or DSS layer for someone's own backbone) is held, compressed and exported.
 
 Every operation is causal and per-step except the SSM, so ``step`` (one time step, explicit state)
 reproduces ``forward`` at every step. A classification prediction is the output at the last valid step.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +35,7 @@ from .config import ModelConfig
 from .layers import SSM_PARAM_NAMES, make_layer
 from .ssm import DiagonalSSM
 
-__all__ = ["SSMModel", "Block", "diagonal_systems", "with_diagonal_systems"]
+__all__ = ["SSMModel", "Block", "diagonal_systems", "with_diagonal_systems", "model_from_systems"]
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
 
@@ -41,6 +45,7 @@ class Block(nn.Module):
         super().__init__()
         H = cfg.d_model
         self.prenorm = cfg.prenorm
+        self.residual = cfg.residual
         self.norm = nn.LayerNorm(H) if cfg.norm == "layer" else nn.Identity()
         self.ssm = make_layer(cfg.layer, H, cfg.n_modes(i), cfg.init, cfg.dt_min, cfg.dt_max)
         self.activation = _ACTIVATIONS[cfg.activation]()
@@ -55,7 +60,7 @@ class Block(nn.Module):
     def _after_ssm(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         z = self.dropout(self.activation(z))  # (... H)
         z = self.dropout(self.mixing(z))  # (... H)
-        h = h + z
+        h = h + z if self.residual else z
         return h if self.prenorm else self.norm(h)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -76,10 +81,13 @@ class SSMModel(nn.Module):
         cfg.validate()
         self.config = cfg
         H = cfg.d_model
-        self.encoder: nn.Module = nn.Embedding(cfg.vocab_size, H) if cfg.vocab_size > 0 else nn.Linear(cfg.d_input, H)
+        if cfg.encoder == "none":
+            self.encoder: nn.Module = nn.Identity()
+        else:
+            self.encoder = nn.Embedding(cfg.vocab_size, H) if cfg.vocab_size > 0 else nn.Linear(cfg.d_input, H)
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
-        self.norm_f = nn.LayerNorm(H) if (cfg.prenorm and cfg.norm == "layer") else nn.Identity()
-        self.decoder = nn.Linear(H, cfg.d_output)
+        self.norm_f = nn.LayerNorm(H) if (cfg.prenorm and cfg.norm == "layer" and cfg.final_norm) else nn.Identity()
+        self.decoder = nn.Linear(H, cfg.d_output) if cfg.decoder == "linear" else nn.Identity()
         self.provenance: dict = {}  # task, metrics, reduction summary...; saved in the checkpoint metadata
 
     # ---- training mode ---------------------------------------------------------------------
@@ -98,7 +106,7 @@ class SSMModel(nn.Module):
     def init_state(self, batch: int) -> list[torch.Tensor]:
         state = [blk.ssm.init_state(batch) for blk in self.blocks]  # c(B H N_i) each
         if self.config.pooling == "mean":
-            state.append(torch.zeros(batch, self.config.d_output + 1, device=self.decoder.weight.device))  # (B O+1)
+            state.append(torch.zeros(batch, self.config.d_output + 1, device=self.device))  # (B O+1)
         return state
 
     def step_cache(self) -> list:
@@ -123,6 +131,10 @@ class SSMModel(nn.Module):
         return y, nxt
 
     # ---- parameters ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.blocks[0].ssm.D.device  # every model has an SSM layer; encoder and decoder may be absent
+
     def ssm_parameters(self) -> list[nn.Parameter]:
         """Lambda and dt parameters (own learning rate, no weight decay, as in S4)."""
         return [p for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] in SSM_PARAM_NAMES]
@@ -131,7 +143,12 @@ class SSMModel(nn.Module):
         return [p for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] not in SSM_PARAM_NAMES]
 
     def state_size(self) -> list[int]:
-        """Real state numbers per layer (2 per stored complex mode per channel) as the step graph carries them."""
+        """Real state numbers per layer: 2 per active complex mode, 1 per real mode, 0 per padding mode
+        (DiagonalSSM.real_state_dims). The step graph carries 2 floats per stored mode: ``step_state_floats``."""
+        return [int(blk.ssm.to_diagonal().real_state_dims().sum()) for blk in self.blocks]
+
+    def step_state_floats(self) -> list[int]:
+        """Floats per layer in the step state as the graph and ``step`` carry it (2 per stored mode and channel)."""
         return [2 * self.config.d_model * blk.ssm.N for blk in self.blocks]
 
 
@@ -149,7 +166,7 @@ def with_diagonal_systems(model: SSMModel, systems: list[DiagonalSSM]) -> SSMMod
     if len(systems) != len(model.blocks):
         raise ValueError(f"expected {len(model.blocks)} systems, got {len(systems)}")
     cfg = model.config.replace(layer="s4d", layer_d_state=[s.N for s in systems])
-    new = SSMModel(cfg).to(model.decoder.weight.device)
+    new = SSMModel(cfg).to(model.device)
     own = {k: v for k, v in model.state_dict().items() if ".ssm." not in k}
     missing, _ = new.load_state_dict(own, strict=False)
     if any(".ssm." not in k for k in missing):  # only SSM tensors may differ; they are set below
@@ -160,3 +177,54 @@ def with_diagonal_systems(model: SSMModel, systems: list[DiagonalSSM]) -> SSMMod
         blk_new.ssm.load_diagonal(sys, layer=i)
     return new
 
+
+def model_from_systems(config: ModelConfig, systems: list[DiagonalSSM], weights: dict[str, torch.Tensor],
+                       lambdas: Optional[list] = None) -> SSMModel:
+    """A float32 S4D model built from per-layer discrete systems and its non-SSM weights, with no template model.
+
+    config: the model's shape (layer and d_state are taken from ``systems``: layer i gets N_i = systems[i].N).
+    weights: every non-SSM tensor of the model under its SSMModel state-dict name (encoder.weight,
+      blocks.0.mixing.0.weight, ...), plus optionally ``blocks.{i}.ssm.log_dt`` r(H): the dt each layer keeps
+      (default dt = 1). Nothing else: a missing or unknown name is an error, never silently left at its init.
+    lambdas: optional c(H N_i) per layer, the source's continuous eigenvalues. ZOH fixes Lambda from A = exp(dt Lambda)
+      only modulo 2 pi i / dt; this picks the branch nearest the source's, so the stored A_imag stays the trained one.
+
+    The map is exact in float64; storing the parameters in float32 rounds them (the caller measures that).
+    """
+    if len(systems) != config.n_layers:
+        raise ValueError(f"model_from_systems: config has {config.n_layers} layers, got {len(systems)} systems")
+    Ns = [s.N for s in systems]
+    if any(s.H != config.d_model for s in systems):
+        raise ValueError(f"model_from_systems: every system needs H = d_model = {config.d_model}, got {[s.H for s in systems]}")
+    cfg = config.replace(layer="s4d", d_state=Ns[0], layer_d_state=None if len(set(Ns)) == 1 else Ns)
+    model = SSMModel(cfg)
+    own = {k: v for k, v in model.state_dict().items() if ".ssm." not in k}
+    dts = {k: v for k, v in weights.items() if ".ssm." in k}
+    missing = sorted(set(own) - set(weights))
+    unknown = sorted(set(weights) - set(own) - {f"blocks.{i}.ssm.log_dt" for i in range(cfg.n_layers)})
+    if missing or unknown:
+        raise ValueError(f"model_from_systems: missing weights {missing[:4]}, unknown weights {unknown[:4]}")
+    for k, v in own.items():
+        if tuple(weights[k].shape) != tuple(v.shape):
+            raise ValueError(f"model_from_systems: {k} has shape {tuple(weights[k].shape)}, the model needs {tuple(v.shape)}")
+    model.load_state_dict({**{k: torch.as_tensor(weights[k]) for k in own},
+                           **{k: v for k, v in model.state_dict().items() if ".ssm." in k}})
+    for i, (blk, sys) in enumerate(zip(model.blocks, systems)):
+        with torch.no_grad():
+            log_dt = dts.get(f"blocks.{i}.ssm.log_dt")
+            blk.ssm.log_dt.copy_(torch.as_tensor(log_dt) if log_dt is not None else torch.zeros(cfg.d_model))
+        blk.ssm.load_diagonal(sys, layer=i)
+        with torch.no_grad():
+            if lambdas is not None and lambdas[i] is not None:
+                dt = blk.ssm.dt().numpy()[:, None]  # (H 1) as stored (float32 rounded, then float64)
+                wrap = 2 * np.pi / dt  # (H 1) the branch spacing of Im(Lambda)
+                im = blk.ssm.A_imag.double().numpy()  # (H N)
+                shift = np.round((np.asarray(lambdas[i]).imag - im) / wrap) * wrap  # (H N)
+                blk.ssm.A_imag.copy_(torch.from_numpy(im + shift))
+            # C from the Lambda as stored (branch and float32 rounding included): B_bar = expm1(dt Lambda) / Lambda
+            # depends on Lambda itself, not only on A = exp(dt Lambda), and only C B_bar = C_sys B_sys may stay.
+            Lam = blk.ssm.lambda_()  # c(H N) complex128
+            B_bar = torch.expm1(Lam * blk.ssm.dt()[:, None]) / Lam  # (H N)
+            C_model = torch.from_numpy(sys.C * sys.B) / B_bar  # (H N)
+            blk.ssm.C.copy_(torch.view_as_real(C_model).to(blk.ssm.C))
+    return model

@@ -44,7 +44,7 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
         "parameters": sum(t.numel() for t in model.parameters()),
         "modes_per_layer": [s.N for s in systems],
         "real_state_per_layer": [int(s.real_state_dims().sum()) for s in systems],
-        "step_state_floats": sum(model.state_size()),
+        "step_state_floats": sum(model.step_state_floats()),
         "max_abs_A_per_layer": [round(float(s.spectral_radius().max()), 6) for s in systems],
         "config": model.config.to_dict(),
         "provenance": prov,

@@ -260,6 +260,8 @@ def _task_info(prov: dict) -> tuple[str, Optional[list]]:
 
 
 def _output_meaning(cfg) -> str:
+    if getattr(cfg, "decoder", "linear") == "none":  # an imported layer: the backbone reads its channels
+        return f"the SSM layer's {cfg.d_model} output channels at this step (no decoder: the layer for your backbone)"
     what = "class logits" if cfg.task_type == "classification" else "regression outputs"
     if cfg.pooling == "mean":
         return f"{what}, causal running mean over the steps seen so far (read after the last valid step)"
@@ -288,7 +290,6 @@ def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: st
     if kind == "chunk":
         inp["time_axis"] = out["time_axis"] = f"x and y carry a T={T} axis after batch: (batch, {T}, ...)"
     bounds = report if report is not None else prov.get("reduction")
-    systems = [_real_state_numbers(b.ssm) for b in mp.blocks]
     meta = {
         "format_version": FORMAT_VERSION,
         "graph": kind,
@@ -300,7 +301,7 @@ def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: st
         "precision": precision,
         "target": target,
         "ranks": _json([b.ssm.N for b in mp.blocks]),
-        "real_state_numbers": _json(systems),
+        "real_state_numbers": _json(model.state_size()),  # from the layers' systems (DiagonalSSM.real_state_dims)
         "error_bounds": _json(bounds),
         "source_sha256": source_sha256 or "unknown",
         "config": cfg.to_json(),
@@ -316,14 +317,6 @@ def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: st
         meta["parity"] = _json({"steps": steps, "tolerance_rel": tol, "provider": "CPUExecutionProvider",
                                 "errors": parity})
     return {METADATA_PREFIX + k: v for k, v in meta.items()}
-
-
-def _real_state_numbers(p) -> int:
-    """Real numbers of state a layer needs: 2 per active complex mode, 1 per real mode (DiagonalSSM)."""
-    from edgessm.ssm import DiagonalSSM
-
-    A = np.exp(p.dtL)
-    return int(np.sum(DiagonalSSM(A, p.B, p.C, p.D).real_state_dims()))
 
 
 def read_metadata(onnx_path: Union[str, os.PathLike]) -> dict[str, Any]:

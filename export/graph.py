@@ -224,6 +224,8 @@ def _encode(g: _Builder, mp: ModelParams, rank2: bool) -> str:
     g.section = "encoder"
     if mp.embedding is not None:
         return g.op("Gather", [g.w(mp.embedding), "x"], axis=0)  # (B H) | (B T H)
+    if mp.encoder is None:  # config.encoder='none': x is already the H channels
+        return g.to_act("x")
     return g.linear(g.to_act("x"), mp.encoder, rank2)
 
 
@@ -240,7 +242,7 @@ def _blocks(g: _Builder, mp: ModelParams, h: str, ssm, rank2: bool, split_glu: b
             z = g.glu_two_gemms(z, blk, mp.H)
         else:
             z = g.mixing(z, blk, rank2, mp.H)
-        h = g.op("Add", [h, z])
+        h = g.op("Add", [h, z]) if blk.residual else z
         if not blk.prenorm:
             h = g.layernorm(h, blk.norm)
     return h
@@ -251,6 +253,10 @@ def _decode(g: _Builder, mp: ModelParams, h: str, rank2: bool) -> str:
     """Final norm and decoder; the last node writes "y" unless mean pooling follows. Returns a float32 tensor."""
     out = None if mp.pooling == "mean" else "y"
     v = g.layernorm(h, mp.norm_f)
+    if mp.decoder is None:  # config.decoder='none': the blocks' channels are the output
+        if g.fp16:
+            return g.to_f32(v, out=out)
+        return g.op("Identity", [v], out=out) if out is not None else v
     if g.fp16:
         return g.to_f32(g.linear(v, mp.decoder, rank2), out=out)
     return g.linear(v, mp.decoder, rank2, out=out)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgessm.errors import ExportError
+from edgessm.errors import EdgeSSMError, ExportError
+from edgessm.ssm import DiagonalSSM, cexpm1
 
 __all__ = ["LayerNormParams", "LinearParams", "SSMParams", "BlockParams", "ModelParams", "lower_model",
            "step_elementwise", "step_matrices", "chunk_matrix", "cexpm1"]
@@ -79,6 +80,7 @@ class BlockParams:
     activation: str                 # gelu | relu | tanh | identity
     mixing: str                     # glu | linear | none
     mix: Optional[LinearParams]     # (H 2H) for glu, (H H) for linear
+    residual: bool = True           # h + z; False: z alone (an imported S4Block / DSS layer)
 
 
 @dataclass
@@ -88,10 +90,10 @@ class ModelParams:
     vocab_size: int
     H: int
     embedding: Optional[np.ndarray]       # r(V H) for token models
-    encoder: Optional[LinearParams]       # (d_input H) otherwise
+    encoder: Optional[LinearParams]       # (d_input H) otherwise; both None: x is already the H channels
     blocks: list[BlockParams] = field(default_factory=list)
     norm_f: Optional[LayerNormParams] = None
-    decoder: Optional[LinearParams] = None
+    decoder: Optional[LinearParams] = None  # None: y is the last block's H channels (config.decoder='none')
     pooling: str = "none"
 
 
@@ -121,23 +123,22 @@ def _layernorm(mod: nn.Module, where: str) -> Optional[LayerNormParams]:
 _ACT_TYPES = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
 
 
-def ssm_params(layer: nn.Module, where: str) -> SSMParams:
-    """A DSS/S4D layer's delta-form step constants in complex128 (see S4DLayer.step_params)."""
-    needed = ("lambda_", "dt", "step_params")
-    if not all(hasattr(layer, k) for k in needed):
-        raise ExportError(f"{where}: SSM layer {type(layer).__name__} is not supported; export handles the "
-                          "diagonal S4D and DSS layers (config.layer='s4d' or 'dss')")
-    with torch.no_grad():
-        dtL = (layer.lambda_() * layer.dt()[:, None]).detach().cpu().numpy()  # c(H N)
-        A_m1, B, C = (t.detach().cpu().numpy() for t in layer.step_params(torch.complex128))  # c(H N) each
-        D = _np(layer.D)  # r(H)
-    p = SSMParams(dtL=dtL, A_m1=A_m1, B=B, C=C, D=D)
-    for name in ("dtL", "A_m1", "B", "C", "D"):
-        if not np.all(np.isfinite(getattr(p, name))):
-            raise ExportError(f"{where}: NaN/Inf in the SSM parameters; retrain or use an earlier checkpoint")
-    if np.any(dtL.real >= 0):
-        raise ExportError(f"{where}: an SSM mode has Re(dt Lambda) >= 0 (|A| >= 1, unstable); fix the weights")
-    return p
+def ssm_params(sys: DiagonalSSM, where: str) -> SSMParams:
+    """One layer's delta-form step constants in complex128, from its system (``edgessm.diagonal_systems``).
+
+    dtL = log A (the layer's dt Lambda, kept by the system), A_m1 = expm1(dtL) without cancellation.
+    """
+    if not isinstance(sys, DiagonalSSM):
+        raise ExportError(f"{where}: the SSM layer's system is a {type(sys).__name__}; export handles diagonal "
+                          "systems (DiagonalSSM)")
+    try:
+        sys.check(where)  # the one system validator: finite, |A| < 1
+    except EdgeSSMError as e:
+        raise ExportError(str(e)) from None
+    dtL = sys.logA if sys.logA is not None else np.log(sys.A)  # c(H N)
+    if not np.all(np.isfinite(dtL)) or np.any(dtL.real >= 0):  # A = 0, or logA inconsistent with A
+        raise ExportError(f"{where}: an SSM mode has log A non-finite or Re(dt Lambda) >= 0; fix the weights")
+    return SSMParams(dtL=dtL.copy(), A_m1=cexpm1(dtL), B=sys.B.copy(), C=sys.C.copy(), D=sys.D.copy())
 
 
 def lower_model(model: nn.Module) -> ModelParams:
@@ -148,12 +149,17 @@ def lower_model(model: nn.Module) -> ModelParams:
     H = cfg.d_model
     mp = ModelParams(d_input=cfg.d_input, d_output=cfg.d_output, vocab_size=cfg.vocab_size, H=H,
                      embedding=None, encoder=None, pooling=cfg.pooling)
-    if cfg.vocab_size > 0:
+    if cfg.encoder == "none":
+        pass  # x (B H) feeds the first block as it is
+    elif cfg.vocab_size > 0:
         if not isinstance(model.encoder, nn.Embedding):
             raise ExportError("encoder: a token model (vocab_size > 0) needs an nn.Embedding encoder")
         mp.embedding = _np(model.encoder.weight)  # (V H)
     else:
         mp.encoder = _linear(model.encoder, "encoder")
+    from edgessm.model import diagonal_systems
+
+    systems = diagonal_systems(model)  # the SSM part is lowered from the systems, never from layer internals
     for i, blk in enumerate(model.blocks):
         where = f"block {i}"
         act = cfg.activation
@@ -170,9 +176,10 @@ def lower_model(model: nn.Module) -> ModelParams:
         else:
             mix = None
         mp.blocks.append(BlockParams(norm=_layernorm(blk.norm, f"{where} norm"), prenorm=bool(cfg.prenorm),
-                                     ssm=ssm_params(blk.ssm, where), activation=act, mixing=cfg.mixing, mix=mix))
+                                     ssm=ssm_params(systems[i], where), activation=act, mixing=cfg.mixing, mix=mix,
+                                     residual=bool(cfg.residual)))
     mp.norm_f = _layernorm(model.norm_f, "final norm")
-    mp.decoder = _linear(model.decoder, "decoder")
+    mp.decoder = None if cfg.decoder == "none" else _linear(model.decoder, "decoder")
     for name, arr in _arrays(mp):
         if not np.all(np.isfinite(arr)):
             raise ExportError(f"{name}: NaN/Inf weights; retrain or use an earlier checkpoint")
@@ -199,15 +206,6 @@ def _arrays(mp: ModelParams):
 
 
 # ---- complex helpers ---------------------------------------------------------------------
-def cexpm1(z: np.ndarray) -> np.ndarray:
-    """exp(z) - 1 for complex z without cancellation near 0 (numpy's expm1 is real-only).
-
-    Re = expm1(x) cos y - 2 sin^2(y/2), Im = exp(x) sin y.
-    """
-    x, y = z.real, z.imag
-    return (np.expm1(x) * np.cos(y) - 2.0 * np.sin(0.5 * y) ** 2) + 1j * (np.exp(x) * np.sin(y))
-
-
 def _stack(c: np.ndarray) -> np.ndarray:
     """c(... N) -> r(... 2N) = [Re | Im]."""
     return np.concatenate([c.real, c.imag], axis=-1)

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgessm.balanced import (PADDING_A, _balancer, _reduce_group, balanced_truncation, error_system, hankel_singular_values, hinf_norm,
+from edgessm.compress import reduce_layer
+from edgessm.reduce import (PADDING_A, balanced_truncation, error_system, frequency_response, frequency_response_uniform,
+                            hankel_singular_values, hinf_norm, truncate_to_order,
                               horizon_operator_error, modal_truncation, random_truncation)
 from edgessm.errors import RankError, UnstableSystemError
 from edgessm.ssm import DiagonalSSM, zoh
@@ -50,7 +52,7 @@ def _blocks(sys: DiagonalSSM, h: int) -> list:
     for a, b, c, real in zip(sys.A[h], sys.B[h], sys.C[h], sys.real_modes()[h]):
         if b * c == 0:
             continue
-        if real:  # one real state s, x = b s, y = 2 Re(c b) s (ssm.py: |imag A| <= REAL_MODE_ATOL |A|)
+        if real:  # one real state s, x = b s, y = 2 Re(c b) s (ssm.py: real_modes)
             Ab = mp.matrix([[mp.mpf(a.real)]])
             out.append((Ab, mp.matrix([[1]]), mp.matrix([[2 * mp.re(mp.mpc(c) * mp.mpc(b))]]) * Ab))
         else:  # state (Re x, Im x), y = 2 Re(c x)
@@ -255,11 +257,10 @@ def test_real_eigenvalues_become_real_modes_and_per_channel_ranks():
     assert np.all(red.system.B[real].imag == 0) and np.all(red.system.C[real].imag == 0)
     check_reduction(sys, red)
     # rank rule: the largest k <= 2r with (#pairs + #real) <= r: every order in (k, 2r] needs > r modes
-    bal = _balancer(sys, None)
     for h, r in enumerate([1, 2, 3, 5]):
         assert red.order[h] <= 2 * r
         for k in range(red.order[h] + 1, 2 * r + 1):
-            assert _reduce_group(bal, np.array([h]), k).count[0] > r
+            assert truncate_to_order(sys.channel(h), k)[1][0] > r
 
 
 def test_energy_and_tol_selectors():
@@ -426,7 +427,7 @@ def test_horizon_stability_fallback():
     rad, ang = 1 - 10 ** rng.uniform(-3, -0.2, 4), rng.uniform(0, np.pi, 4)
     C = rng.standard_normal(4) + 1j * rng.standard_normal(4)
     sys = DiagonalSSM((rad * np.exp(1j * ang))[None], np.ones((1, 4)), C[None], np.zeros(1))
-    red = balanced_truncation(sys, 1, horizon=2)
+    red = reduce_layer(sys, rank=1, horizon=2)  # the fallback is compress's policy
     assert any("unstable" in w for w in red.warnings)
     assert any("infinite-horizon" in w for w in red.warnings)
     plain = balanced_truncation(sys, 1)
@@ -441,9 +442,11 @@ def test_summary_is_json_ready():
     sys = make("random", 5, 1e-1, H=2, seed=13)
     for red in (balanced_truncation(sys, 2), balanced_truncation(sys, 2, horizon=16), modal_truncation(sys, 2),
                 random_truncation(sys, 2, measure=False)):
-        d = json.loads(json.dumps(red.summary()))
-        assert d["rank"] == [int(v) for v in red.rank] and d["method"] == red.method
-        assert d["stored_modes"] == red.system.N == 2
+        d = json.loads(json.dumps(red.report(gain=hinf_norm(sys))))
+        assert d["channels"]["rank"] == [int(v) for v in red.rank] and d["method"] == red.method
+        assert d["modes_out"] == red.system.N == 2
+        # a bound is claimed (and holds) only for plain BT; never "holds" for the others
+        assert d["bound_holds"] is (True if red.method == "balanced" else None)
 
 
 # ---- thread chunks and the H-infinity estimate -------------------------------------------------
@@ -490,14 +493,13 @@ def test_bad_thread_setting_is_one_clear_error(monkeypatch):
 def test_uniform_grid_by_fft_equals_direct_evaluation():
     # the periodised impulse response is exact: agreement to rounding (1e-12 of the gain leaves room for
     # the ~100 multiplications in the power chains), including a pole 1e-6 inside the circle and A = 0
-    from edgessm.balanced import _tf, _tf_uniform
     sys = make("s4d-lin", 16, 1e-2, H=3, seed=5)
     A = sys.A.copy()
     A[0, 0] = (1 - 1e-6) * np.exp(0.3j)
     A[1, 1] = 0.0
     sys = DiagonalSSM(A, sys.B, sys.C, sys.D)
     om = np.broadcast_to(np.linspace(0.0, np.pi, 2049), (3, 2049))
-    G0, G1 = _tf(sys, om), _tf_uniform(sys, 2049)
+    G0, G1 = frequency_response(sys, om), frequency_response_uniform(sys, 2049)
     np.testing.assert_allclose(G1, G0, rtol=0, atol=1e-12 * np.abs(G0).max())
 
 
@@ -510,8 +512,7 @@ def test_hinf_norm_finds_peaks_between_grid_points():
     err = error_system(sys, balanced_truncation(sys, 16, measure=False).system)
     est = hinf_norm(err)
     om = np.linspace(0.0, np.pi, 200_001)[None, :]
-    from edgessm.balanced import _tf
-    dense = np.array([np.abs(_tf(err.channel(slice(h, h + 1)), om)).max() for h in range(err.H)])
+    dense = np.array([np.abs(frequency_response(err.channel(slice(h, h + 1)), om)).max() for h in range(err.H)])
     assert np.all(est >= dense * (1 - 1e-9)), (est - dense) / dense
     # and not far above it: the 200k grid (spacing 1.6e-5) samples a peak of half-width 1 - |A| >= 2e-4
     # at most 8e-6 off its top, i.e. (8e-6 / 2e-4)^2 / 2 = 8e-4 low

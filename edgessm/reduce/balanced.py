@@ -1,4 +1,4 @@
-"""Balanced truncation of diagonal SSM channels, its horizon-aware variant, and two baselines.
+"""Square-root balanced truncation of diagonal SSM channels (and its time-limited variant).
 
 Dimensions: H channels, N stored modes (input), n = 2N real coordinates, K Gramian factor
 columns, k kept real order per channel, r stored modes per channel (output N = max r),
@@ -26,30 +26,27 @@ uses the kept k.
 
 Horizon-aware BT (Gawronski & Juang 1990): the L-step Gramians of the window y_0..y_{L-1}
 replace the infinite ones; no stability guarantee and no bound, so the reduced system is checked
-and the order lowered when it is unstable. Because a lowered order can cost more than the window
-saves, each channel then keeps whichever of (time-limited BT, plain BT at the same stored-mode
-budget) has the lower measured L-step operator error ``horizon_operator_error``; channels that kept
-plain BT keep its certified bound (NaN elsewhere).
+and the order lowered when it is unstable; the result carries the measured L-step operator error
+``horizon_operator_error``. The policy of falling back to plain BT where that is better lives in
+compress.py (``reduce_layer``), not in this engine.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RankError, UnstableSystemError
-from .gramians import (cauchy_real_factor, dense_pivoted_cholesky, doubled_realisation,
-                       horizon_gramian, real_gramian, real_rows)
-from .parallel import map_chunks
-from .ssm import DiagonalSSM
+from ..errors import RankError
+from ..parallel import map_chunks
+from ..ssm import DiagonalSSM
+from .gramians import (cauchy_real_factor, dense_pivoted_cholesky, doubled_realisation, horizon_gramian,
+                       node_logs, real_gramian, real_rows)
+from .norms import error_system, hinf_norm, horizon_operator_error
+from .reduction import PADDING_A, Reduction, bound_floor, certificate_warnings, check_rank, check_selector, where
 
-__all__ = ["Reduction", "balanced_truncation", "hankel_singular_values", "modal_truncation",
-           "random_truncation", "hinf_norm", "horizon_operator_error", "error_system",
-           "PADDING_A"]
-
-# Padding modes: inactive (B = C = 0) with A = 0.5: nonzero and != 1, because the model maps a
-# stored mode back to Lambda = log(A) / dt.
-PADDING_A = 0.5
+__all__ = ["balanced_truncation", "hankel_singular_values", "gramian_factors", "truncate_to_order",
+           "HSV_NOISE_RTOL", "BALANCER_CHUNK"]
 
 # HSVs below this fraction of sigma_1 are float64 noise of the factor product (errors ~ eps sigma_1):
 # directions beyond it are never kept (keeping them would divide by sqrt(noise) in T and Ti).
@@ -68,223 +65,6 @@ RECON_L = 128
 # small enough for the pivoted Cholesky's (h, N) temporaries to stay in cache.
 BALANCER_CHUNK = 128
 
-
-@dataclass(frozen=True)
-class Reduction:
-    """Result of every reducer (same type always).
-
-    system: the reduced DiagonalSSM, N = max(rank), channels padded with inactive modes.
-    order: int (H) real state dimension kept; rank: int (H) stored modes used (<= system.N).
-    hsv: r(H 2N_in) descending, zero-padded (the time-limited HSVs when horizon is set; NaN for
-    the baselines, which do not compute them). full_order: int (H) real state count of the input.
-    bound: r(H) certified H-infinity bound 2 sum_{i>k} sigma_i (NaN where no certified bound exists:
-    horizon-aware and baseline reductions). measured_hinf: r(H) measured ||G - G_r||_inf or None.
-    horizon, horizon_error: L and the measured L-step operator error per channel, or None.
-    """
-
-    system: DiagonalSSM
-    order: np.ndarray
-    rank: np.ndarray
-    hsv: np.ndarray
-    full_order: np.ndarray
-    bound: np.ndarray
-    measured_hinf: np.ndarray | None
-    horizon: int | None
-    horizon_error: np.ndarray | None
-    method: str
-    warnings: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        """JSON-ready report: method, shapes, per-channel orders/ranks/bounds as lists, warnings."""
-        def lst(x: np.ndarray | None) -> list | None:
-            return None if x is None else [None if not np.isfinite(v) else float(v) for v in np.asarray(x, float)]
-        return {
-            "method": self.method,
-            "channels": int(self.system.H),
-            "stored_modes": int(self.system.N),
-            "rank": [int(v) for v in self.rank],
-            "order": [int(v) for v in self.order],
-            "full_order": [int(v) for v in self.full_order],
-            "bound": lst(self.bound),
-            "measured_hinf": lst(self.measured_hinf),
-            "horizon": self.horizon,
-            "horizon_error": lst(self.horizon_error),
-            "max_bound": None if not np.any(np.isfinite(self.bound)) else float(np.nanmax(self.bound)),
-            "max_measured_hinf": None if self.measured_hinf is None else float(np.max(self.measured_hinf)),
-            "warnings": list(self.warnings),
-        }
-
-
-# ---- validation ------------------------------------------------------------------------------
-
-def _where(layer: object | None) -> str:
-    return "" if layer is None else f"layer {layer}: "
-
-
-def _validate(sys: DiagonalSSM, layer: object | None) -> None:
-    """UnstableSystemError naming the first bad channel: NaN/Inf weights or |A| >= 1."""
-    finite = (np.isfinite(sys.A) & np.isfinite(sys.B) & np.isfinite(sys.C)).all(axis=1) & np.isfinite(sys.D)  # (H)
-    if not finite.all():
-        h = int(np.flatnonzero(~finite)[0])
-        raise UnstableSystemError(f"{_where(layer)}channel {h} has NaN/Inf in A, B, C or D; "
-                                  f"reduce only a finite model (check the checkpoint or the training run)")
-    rad = sys.spectral_radius()  # (H)
-    if np.any(rad >= 1.0):
-        h = int(np.flatnonzero(rad >= 1.0)[0])
-        raise UnstableSystemError(f"{_where(layer)}channel {h} has |A| = {rad[h]:.17g} >= 1 (unstable or marginal); "
-                                  f"balanced truncation needs |A| < 1: retrain with a stable parametrisation or clip the eigenvalues")
-
-
-def _ranks(rank: int | np.ndarray, H: int, N: int, layer: object | None) -> np.ndarray:
-    r = np.asarray(rank)
-    if r.dtype.kind not in "iu" and not (r.dtype.kind == "f" and np.all(np.isfinite(r)) and np.all(r == np.round(r))):
-        raise RankError(f"{_where(layer)}rank must be an int or an int array of shape ({H},), got {rank!r}")
-    r = np.broadcast_to(r.astype(np.int64), (H,)) if r.ndim == 0 else r.astype(np.int64)
-    if r.shape != (H,):
-        raise RankError(f"{_where(layer)}rank array must have shape ({H},) (one per channel), got {r.shape}")
-    bad = (r <= 0) | (r >= N)
-    if bad.any():
-        h = int(np.flatnonzero(bad)[0])
-        which = "" if np.ndim(rank) == 0 else f" for channel {h}"  # a scalar rank applies to every channel
-        raise RankError(f"{_where(layer)}rank {int(r[h])}{which} is out of range; "
-                        f"use 1 <= rank <= {N - 1} (N = {N} stored modes; rank {N} would not reduce)")
-    return np.array(r)
-
-
-def _one_selector(rank, energy, tol, layer) -> None:
-    given = [name for name, v in (("rank", rank), ("energy", energy), ("tol", tol)) if v is not None]
-    if len(given) != 1:
-        raise RankError(f"{_where(layer)}give exactly one of rank, energy, tol (got {', '.join(given) or 'none'})")
-    if energy is not None and not (0.0 < float(energy) <= 1.0):
-        raise RankError(f"{_where(layer)}energy must lie in (0, 1] (fraction of sum of HSVs kept), got {energy!r}")
-    if tol is not None and not (float(tol) > 0.0):
-        raise RankError(f"{_where(layer)}tol must be > 0 (bound relative to the channel's H-infinity gain), got {tol!r}")
-
-
-# ---- frequency-domain helpers ----------------------------------------------------------------
-
-def _tf(sys: DiagonalSSM, omega: np.ndarray) -> np.ndarray:
-    """c(H F): transfer function at per-channel frequencies omega r(H F) (ssm.transfer_function, batched).
-
-    A mode and its conjugate share one division: z CB / (z - A) + z conj(CB) / (z - conj A)
-    = z (2 Re(CB) z - 2 Re(CB conj A)) / ((z - A)(z - conj A)); the denominator stays a product of
-    the two differences, so it keeps full relative accuracy next to a pole near the circle.
-    """
-    z = np.exp(1j * omega)[:, None, :]  # (H 1 F)
-    CB = sys.C * sys.B  # (H N)
-    A = sys.A[:, :, None]  # (H N 1)
-    p = (2.0 * CB.real)[:, :, None]  # (H N 1)
-    q = (2.0 * (CB * np.conj(sys.A)).real)[:, :, None]  # (H N 1)
-    G = np.sum(z * (p * z - q) / ((z - A) * (z - np.conj(A))), axis=1)  # (H F)
-    return G + sys.D[:, None]
-
-
-def _tf_uniform(sys: DiagonalSSM, n_grid: int, block: int = 64) -> np.ndarray:
-    """c(H n_grid): G at omega = linspace(0, pi, n_grid) exactly, by the FFT of the periodised impulse response.
-
-    With P = 2 (n_grid - 1) samples, h~_t = sum_m h_{t + m P} = D [t = 0] + 2 Re(sum C B A^t / (1 - A^P))
-    (t < P), and its DFT is G(e^{2 pi i j / P}). The powers A^t, t = b q + l, come from two short
-    cumulative products and one batched matmul: h~_{bq+l} = 2 Re sum_n (w_n A_n^{bq}) A_n^l.
-    Needs P % block == 0.
-    """
-    P = 2 * (n_grid - 1)
-    Q = P // block
-    A = sys.A.astype(np.complex128)  # (H N)
-    H, N = A.shape
-    nz = A != 0  # (H N) a mode with A = 0 only feeds h_0
-    logA = np.log(np.where(nz, A, 1.0))  # (H N)
-    w = sys.C * sys.B / np.where(nz, -np.expm1(P * logA), 1.0)  # (H N) CB / (1 - A^P), accurate near |A| = 1
-    V = np.empty((H, N, block), np.complex128)  # (H N b)
-    V[:, :, 0] = 1.0
-    V[:, :, 1:] = A[:, :, None]
-    np.cumprod(V, axis=2, out=V)  # A^l
-    W = np.empty((H, N, Q), np.complex128)  # (H N Q)
-    W[:, :, 0] = w
-    W[:, :, 1:] = (V[:, :, -1] * A)[:, :, None]
-    np.cumprod(W, axis=2, out=W)  # w A^(b q)
-    ht = 2.0 * (np.swapaxes(W, 1, 2) @ V).real.reshape(H, P)  # (H P) ht[b q + l]
-    ht[:, 0] += sys.D
-    return np.fft.rfft(ht, axis=1)  # (H n_grid)
-
-
-def error_system(sys: DiagonalSSM, red: DiagonalSSM) -> DiagonalSSM:
-    """G - G_r as one DiagonalSSM (parallel connection with the reduced output negated)."""
-    return sys.concat_modes(DiagonalSSM(red.A, red.B, -red.C, -red.D))
-
-
-def hinf_norm(sys: DiagonalSSM, n_grid: int = 2049, n_peaks: int = 8, n_refine: int = 12,
-              chunk: int = 128) -> np.ndarray:
-    """r(H): max over omega of |G(e^{i omega})|, on a dense grid refined around the peaks.
-
-    The map is real, so omega in [0, pi]. Grid: n_grid uniform points (``_tf_uniform``, an FFT, when
-    2 (n_grid - 1) is a multiple of 64; else evaluated directly) plus every mode's |angle(A)|
-    (resonances of poles near the circle); then n_refine rounds of zooming (9 points, bracket / 4)
-    around the n_peaks largest local maxima of the grid. A lower estimate of the true norm, converged to about
-    (pi / n_grid) / 4^n_refine in omega, i.e. far below float64 resolution for 1 - |A| >= 1e-6.
-    Chunks of channels run on parallel.threads() threads.
-    """
-    def part(sl: slice) -> np.ndarray:
-        s = sys.channel(sl)
-        h = s.H
-        uniform = np.broadcast_to(np.linspace(0.0, np.pi, n_grid), (h, n_grid))  # (h G)
-        G_u = _tf_uniform(s, n_grid) if (2 * (n_grid - 1)) % 64 == 0 else _tf(s, uniform)  # (h G)
-        angles = np.abs(np.angle(s.A))  # (h N)
-        grid = np.concatenate([uniform, angles], axis=1)  # (h F)
-        mag = np.abs(np.concatenate([G_u, _tf(s, angles)], axis=1))  # (h F)
-        order = np.argsort(grid, axis=1, kind="stable")  # (h F)
-        grid, mag = np.take_along_axis(grid, order, axis=1), np.take_along_axis(mag, order, axis=1)
-        best = mag.max(axis=1)  # (h)
-        # the n_peaks largest LOCAL maxima: the largest samples alone cluster around one peak, and a
-        # narrow resonance of the error system (between the grid points) can be higher than it
-        ext = np.pad(mag, ((0, 0), (1, 1)), constant_values=-1.0)  # (h F+2)
-        is_max = (mag >= ext[:, :-2]) & (mag >= ext[:, 2:])  # (h F)
-        top = np.argsort(np.where(is_max, mag, -1.0), axis=1)[:, -n_peaks:]  # (h P)
-        lo = np.take_along_axis(grid, np.maximum(top - 1, 0), axis=1)  # (h P)
-        hi = np.take_along_axis(grid, np.minimum(top + 1, grid.shape[1] - 1), axis=1)  # (h P)
-        t = np.linspace(0.0, 1.0, 9)  # (9)
-        for _ in range(n_refine):
-            w = lo[:, :, None] + (hi - lo)[:, :, None] * t  # (h P 9)
-            m = np.abs(_tf(s, w.reshape(h, -1))).reshape(w.shape)  # (h P 9)
-            best = np.maximum(best, m.max(axis=(1, 2)))
-            j = np.argmax(m, axis=2)[:, :, None]  # (h P 1)
-            step = ((hi - lo) / 8.0)[:, :, None]  # (h P 1) the new bracket is 2 spacings: / 4
-            c = np.take_along_axis(w, j, axis=2)  # (h P 1)
-            lo, hi = np.clip(c - step, 0, np.pi)[:, :, 0], np.clip(c + step, 0, np.pi)[:, :, 0]
-        return best
-
-    return np.concatenate(map_chunks(part, sys.H, chunk)) if sys.H else np.zeros(0)
-
-
-def horizon_operator_error(sys: DiagonalSSM, red: DiagonalSSM, L: int) -> np.ndarray:
-    """r(H): operator 2-norm of the L x L lower-triangular Toeplitz matrix of the impulse-response difference.
-
-    The exact worst-case gain of G - G_r on inputs of length L (outputs over the same L steps): dense
-    SVD for L <= DENSE_TOEPLITZ_MAX, Lanczos with FFT matvecs (converged to 1e-12 relative) above.
-    """
-    dh = sys.impulse_response(L) - red.impulse_response(L)  # (H L)
-    if L > DENSE_TOEPLITZ_MAX:
-        return np.array([_toeplitz_norm_lanczos(d) for d in dh])
-    i = np.arange(L)
-    lag = i[:, None] - i[None, :]  # (L L)
-    T = np.where(lag >= 0, dh[:, np.maximum(lag, 0)], 0.0)  # (H L L)
-    return np.linalg.svd(T, compute_uv=False)[:, 0]
-
-
-# Above this L the dense SVD (O(L^3) per channel) gives way to Lanczos (svds) with FFT matvecs.
-DENSE_TOEPLITZ_MAX = 1024
-
-
-def _toeplitz_norm_lanczos(d: np.ndarray) -> float:
-    """Largest singular value of the lower-triangular Toeplitz matrix of d r(L), by svds (tol 1e-12)."""
-    from scipy.sparse.linalg import LinearOperator, svds
-
-    L = d.size
-    n = 2 * L
-    D = np.fft.rfft(d, n)  # (n/2+1)
-    mv = lambda u: np.fft.irfft(np.fft.rfft(np.ravel(u), n) * D, n)[:L]  # noqa: E731  causal convolution
-    rmv = lambda u: np.fft.irfft(np.fft.rfft(np.ravel(u)[::-1], n) * D, n)[:L][::-1]  # noqa: E731  transpose
-    op = LinearOperator((L, L), matvec=mv, rmatvec=rmv, dtype=np.float64)
-    return float(svds(op, k=1, tol=1e-12, return_singular_vectors=False, random_state=0)[0])
 
 
 # ---- square-root balanced truncation -----------------------------------------------------------
@@ -310,14 +90,15 @@ class _Balancer:
         return np.sum(self.S > HSV_NOISE_RTOL * s1, axis=1)
 
 
-def _factors(sys: DiagonalSSM, horizon: int | None):
+def gramian_factors(sys: DiagonalSSM, horizon: int | None):
     """The doubled realisation (alpha, beta, gamma c(H M), Dstd r(H)), the real-mode mask r(H N) and the
     Gramian factors FP, FQ r(H n K) of sys, zero-padded to a common K: what the SVD of FQ^T FP balances."""
     alpha, beta, gamma, Dstd = doubled_realisation(sys)  # (H M) x3, (H)
     real = sys.real_modes() | ~(sys.active_modes())  # (H N) inactive modes behave as (empty) real ones
     if horizon is None:
-        FP = cauchy_real_factor(alpha, beta, real)  # (H n K)
-        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real)  # (H n K)
+        logs = node_logs(sys)  # (H M) or None: Gramian denominators from log A where the layer keeps it
+        FP = cauchy_real_factor(alpha, beta, real, log_alpha=logs)  # (H n K)
+        FQ = cauchy_real_factor(np.conj(alpha), np.conj(gamma), real, log_alpha=None if logs is None else np.conj(logs))  # (H n K)
     else:
         # window y_0..y_{L-1}: its strictly causal part is the Toeplitz of h_1..h_{L-1} = C' A^{0..L-2} B,
         # so both Gramians sum L - 1 terms of the standard realisation
@@ -330,9 +111,21 @@ def _factors(sys: DiagonalSSM, horizon: int | None):
     return alpha, beta, gamma, Dstd, real, FP, FQ
 
 
+def truncate_to_order(sys: DiagonalSSM, order: int) -> tuple[DiagonalSSM, np.ndarray]:
+    """The order-k square-root balanced truncation of every channel, re-diagonalised, without the rank rule.
+
+    -> (system with k stored slots per channel, int (H) stored modes it uses: pairs + real eigenvalues).
+    What the rank rule searches over: order k fits rank r when the count is <= r.
+    """
+    sys.check()
+    bal = _balancer(sys, None)
+    dg = _reduce_group(bal, np.arange(sys.H), int(order))
+    return DiagonalSSM(dg.A, dg.B, dg.C, dg.D), dg.count
+
+
 def _balancer(sys: DiagonalSSM, horizon: int | None, vectors: bool = True) -> _Balancer:
     """Factors, HSVs and (vectors=True) singular vectors of every channel of sys (one thread's chunk)."""
-    alpha, beta, gamma, Dstd, real, FP, FQ = _factors(sys, horizon)
+    alpha, beta, gamma, Dstd, real, FP, FQ = gramian_factors(sys, horizon)
     N = sys.N
     Mf = np.swapaxes(FQ, 1, 2) @ FP  # (H K K)
     if vectors:
@@ -452,7 +245,7 @@ class _Lowered:
                          (self.unstable, f"the reduced system was unstable (largest |lambda| {self.worst_unstable:.6g})")):
             if ch:
                 listed = sorted(ch)[:8]
-                out.append(f"{_where(layer)}{len(ch)} of {H} channels (e.g. {listed}): {text}; "
+                out.append(f"{where(layer)}{len(ch)} of {H} channels (e.g. {listed}): {text}; "
                            f"order lowered by {sum(ch.values())} steps in all, {max(ch.values())} at most")
         return out
 
@@ -569,7 +362,7 @@ def hankel_singular_values(sys: DiagonalSSM, *, horizon: int | None = None, laye
 
     With horizon=L: the time-limited (L-step window) singular values instead.
     """
-    _validate(sys, layer)
+    sys.check(layer)
     _check_horizon(horizon, layer)
     parts = map_chunks(lambda sl: _pad(_balancer(sys.channel(sl), horizon, vectors=False).S, 2 * sys.N),
                        sys.H, BALANCER_CHUNK)  # (h 2N) each
@@ -585,7 +378,7 @@ def _pad(S: np.ndarray, n: int) -> np.ndarray:
 
 def _check_horizon(horizon: int | None, layer: object | None) -> None:
     if horizon is not None and (not isinstance(horizon, (int, np.integer)) or horizon < 2):
-        raise RankError(f"{_where(layer)}horizon must be an int >= 2 (the number of output steps of the window), got {horizon!r}")
+        raise RankError(f"{where(layer)}horizon must be an int >= 2 (the number of output steps of the window), got {horizon!r}")
 
 
 def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, *, energy: float | None = None,
@@ -601,11 +394,11 @@ def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, 
     measure: also compute ||G - G_r||_inf on a refined grid (costs about as much as the reduction).
     Channels are reduced in chunks on parallel.threads() threads; the result does not depend on it.
     """
-    _validate(sys, layer)
-    _one_selector(rank, energy, tol, layer)
+    sys.check(layer)
+    check_selector(rank, energy, tol, layer)
     _check_horizon(horizon, layer)
     H, N = sys.H, sys.N
-    r_user = _ranks(rank, H, N, layer) if rank is not None else None
+    r_user = check_rank(rank, H, N, layer) if rank is not None else None
     gain = hinf_norm(sys) if tol is not None else None  # (H)
     parts = map_chunks(lambda sl: _bt_chunk(sys.channel(sl), None if r_user is None else r_user[sl], energy, tol,
                                             None if gain is None else gain[sl], horizon), H, BALANCER_CHUNK)
@@ -615,78 +408,19 @@ def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, 
     if horizon is None:
         bound, herr = _tail_bound(hsv, k), None
     else:
-        # Time-limited BT is a heuristic: no bound, no stability guarantee, and the order search above
-        # lowers k until the reduced system is stable, which can cost more than the window saves
-        # (measured on trained mnist1d layers: it loses to plain BT in some channels at r >= 4).
-        # Plain BT at the same stored-mode budget is always stable and certified, so per channel keep
-        # whichever has the lower measured L-step error, the quantity horizon mode is asked to minimise.
-        plain = balanced_truncation(sys, r, measure=False, layer=layer)
-        herr = horizon_operator_error(sys, red, horizon)  # (H)
-        e_plain = horizon_operator_error(sys, plain.system, horizon)  # (H)
-        # ties (long windows: both are the same reduction up to rounding) keep the horizon result; the
-        # margin 1e-9 is far above the SVD's rounding of the Toeplitz norm (~1e-15 relative)
-        better = e_plain < herr * (1.0 - 1e-9)  # (H)
+        # Time-limited BT is a heuristic: no bound and no stability guarantee (the order search above
+        # lowers k until the reduced system is stable). What to do where it loses to plain BT is the
+        # caller's policy (compress.reduce_layer keeps the better of the two per channel).
+        bound, herr = np.full(H, np.nan), horizon_operator_error(sys, red, horizon)  # (H)
         no_stable = (k == 0) & (max_order > 0)  # (H) no stable horizon-aware order <= 2r at all
-        use_plain = better | no_stable  # (H)
-        bound = np.where(use_plain, plain.bound, np.nan)  # certified where plain BT was kept
         if no_stable.any():
-            warnings.append(f"{_where(layer)}channels {np.flatnonzero(no_stable).tolist()}: no stable horizon-aware "
-                            f"reduction at any order <= 2r; used infinite-horizon balanced truncation")
-        if use_plain.any():
-            sel = use_plain[:, None]  # (H 1)
-            red = DiagonalSSM(np.where(sel, plain.system.A, red.A), np.where(sel, plain.system.B, red.B),
-                              np.where(sel, plain.system.C, red.C), np.where(use_plain, plain.system.D, red.D))
-            k = np.where(use_plain, plain.order, k)
-            herr = np.where(use_plain, e_plain, herr)
-            if (better & ~no_stable).any():
-                warnings.append(f"{_where(layer)}{int((better & ~no_stable).sum())} of {H} channels: infinite-horizon "
-                                f"balanced truncation had the lower {horizon}-step error and was used there")
-    measured = hinf_norm(error_system(sys, red)) if measure else None
-    return Reduction(red, k, r, hsv, full, bound, measured, horizon, herr,
-                     "balanced" if horizon is None else "balanced-horizon", warnings)
-
-
-# ---- baselines ---------------------------------------------------------------------------------
-
-def _truncate_modes(sys: DiagonalSSM, keep: np.ndarray, r: np.ndarray, method: str, measure: bool) -> Reduction:
-    """Keep the stored modes where keep (H N) is True (at most r per channel), pad to max r."""
-    H = sys.H
-    Nout = int(r.max())
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :Nout]  # (H r) kept modes first
-    kept = np.take_along_axis(keep, order, axis=1)  # (H r)
-    A = np.where(kept, np.take_along_axis(sys.A, order, axis=1), PADDING_A)  # (H r)
-    B = np.where(kept, np.take_along_axis(sys.B, order, axis=1), 0)  # (H r)
-    C = np.where(kept, np.take_along_axis(sys.C, order, axis=1), 0)  # (H r)
-    red = DiagonalSSM(A, B, C, sys.D)
-    measured = hinf_norm(error_system(sys, red)) if measure else None
-    return Reduction(red, red.real_state_dims(), kept.sum(axis=1), np.full((H, 2 * sys.N), np.nan),
-                     sys.real_state_dims(), np.full(H, np.nan), measured, None, None, method, [])
-
-
-def modal_truncation(sys: DiagonalSSM, rank: int | np.ndarray, *, measure: bool = True,
-                     layer: object | None = None) -> Reduction:
-    """Keep the r stored modes with the largest H-infinity contribution (LAST, arXiv 2411.02824).
-
-    Score of a complex mode: the pair's gain bound 2 |C B| / (1 - |A|) (|z C B / (z - A)| peaks at
-    |C B| / (1 - |A|)); of a real mode: |2 Re(C B)| / (1 - |A|). No certified bound (bound = NaN);
-    measured_hinf is measured when measure=True.
-    """
-    _validate(sys, layer)
-    r = _ranks(rank, sys.H, sys.N, layer)
-    CB = sys.C * sys.B  # (H N)
-    score = np.where(sys.real_modes(), np.abs(2.0 * CB.real), 2.0 * np.abs(CB)) / (1.0 - np.abs(sys.A))  # (H N)
-    rank_of = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1)  # (H N) 0 = best
-    keep = (rank_of < r[:, None]) & sys.active_modes()  # (H N)
-    return _truncate_modes(sys, keep, r, "modal", measure)
-
-
-def random_truncation(sys: DiagonalSSM, rank: int | np.ndarray, *, seed: int = 0, measure: bool = True,
-                      layer: object | None = None) -> Reduction:
-    """Keep r active stored modes per channel chosen uniformly at random (seeded). bound = NaN."""
-    _validate(sys, layer)
-    r = _ranks(rank, sys.H, sys.N, layer)
-    rng = np.random.default_rng(seed)
-    score = np.where(sys.active_modes(), rng.random(sys.A.shape), -1.0)  # (H N)
-    rank_of = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1)  # (H N)
-    keep = (rank_of < r[:, None]) & sys.active_modes()  # (H N)
-    return _truncate_modes(sys, keep, r, "random", measure)
+            warnings.append(f"{where(layer)}channels {np.flatnonzero(no_stable).tolist()}: no stable horizon-aware "
+                            f"reduction at any order <= 2r")
+    floor = bound_floor(sys, red)  # (H)
+    out = Reduction(red, k, r, hsv, full, bound, None, horizon, herr,
+                    "balanced" if horizon is None else "balanced-horizon", warnings, floor)
+    if not measure:
+        return out
+    measured = hinf_norm(error_system(sys, red))  # (H)
+    warnings = warnings + certificate_warnings(out, measured, hinf_norm(sys), layer)
+    return dataclasses.replace(out, measured_hinf=measured, warnings=warnings)

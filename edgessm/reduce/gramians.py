@@ -46,16 +46,36 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ssm import DiagonalSSM
+from ..ssm import DiagonalSSM, cexpm1
 
-__all__ = ["doubled_realisation", "cauchy_real_factor", "dense_pivoted_cholesky", "horizon_gramian",
-           "real_rows", "real_gramian", "hankel_singular_values", "PIVOT_RTOL"]
+__all__ = ["doubled_realisation", "node_logs", "cauchy_real_factor", "dense_pivoted_cholesky", "horizon_gramian",
+           "real_rows", "real_gramian", "PIVOT_RTOL"]
 
 # Pivoted Cholesky stops when the largest remaining pivot is below PIVOT_RTOL times the first one.
 # A Gramian perturbation of relative size t moves sigma_i by about t sigma_1^2 / sigma_i (relative
 # to sigma_i), so keeping sigma_i >= 1e-12 sigma_1 to 1e-8 relative needs t <~ 1e-32; the generator
 # form computes such tiny pivots to high relative accuracy, so going that deep costs only time.
 PIVOT_RTOL = 1e-34
+
+
+def node_logs(sys: DiagonalSSM) -> np.ndarray | None:
+    """c(H M): log alpha of ``doubled_realisation``'s nodes when sys keeps logA (else None).
+
+    A real mode's node is Re A: its log is log|A| (+ i pi for a negative A). Slots whose node is 0
+    (partners of real modes, inactive modes) get -inf, so every denominator 1 - 0 * b is 1.
+    """
+    if sys.logA is None:
+        return None
+    A, B, C = sys.A, sys.B, sys.C
+    real = sys.real_modes()  # (H N)
+    rho = C * B * A  # (H N)
+    active_c = ~real & (rho != 0)  # (H N) the masks of doubled_realisation
+    active_r = real & (2.0 * rho.real != 0)  # (H N)
+    la_real = sys.logA.real + 1j * np.where(A.real < 0, np.pi, 0.0)  # (H N)
+    zero = np.full(A.shape, -np.inf + 0j)  # (H N)
+    mode = np.where(active_c, sys.logA, np.where(active_r, la_real, zero))  # (H N)
+    part = np.where(active_c, np.conj(sys.logA), zero)  # (H N)
+    return np.concatenate([mode, part], axis=1)
 
 
 def doubled_realisation(sys: DiagonalSSM) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -86,7 +106,15 @@ def doubled_realisation(sys: DiagonalSSM) -> tuple[np.ndarray, np.ndarray, np.nd
     return alpha, beta, gamma, D_std
 
 
-def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL) -> np.ndarray:
+def _one_minus_products(la: np.ndarray | None, a: np.ndarray, lb: np.ndarray | None, b: np.ndarray) -> np.ndarray:
+    """1 - a b, as -expm1(log a + log b) when both logs are known (no cancellation for slow poles)."""
+    if la is None or lb is None:
+        return 1.0 - a * b
+    return -cexpm1(la + lb)
+
+
+def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol: float = PIVOT_RTOL,
+                       log_alpha: np.ndarray | None = None) -> np.ndarray:
     """F r(H 2N K): real factor F F^T of the real-coordinate Gramian of a conjugate-symmetric Cauchy-like matrix.
 
     alpha, g c(H M) in the doubled layout of ``doubled_realisation`` (entry N + n is the partner of
@@ -100,6 +128,7 @@ def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol:
     conj(L) = Pi L Z with Pi the partner swap and Z = [[conj c, s], [s, -c]] (c = l21 / l11,
     s = l22 / l11) symmetric unitary per pair; its Takagi factor X (Z = X X^T) gives W L X real.
     K = 2 x the number of pivot steps (the largest over channels; finished channels add zeros).
+    log_alpha c(H M) (``node_logs``): the denominators 1 - a_i conj(a_j) then come from the logs.
     Works on whatever channels it is given, in the calling thread (balanced.py runs it per chunk on
     a thread pool). Temporaries are (H, N): chunks of ~128 channels keep them in cache.
     """
@@ -107,9 +136,11 @@ def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol:
     N = M // 2
     rows = np.arange(H)
     a = alpha[:, :N].copy()  # (H N) mode nodes; partners are conj(a)
+    la = None if log_alpha is None else log_alpha[:, :N]  # (H N) their logs, where known
+    lac = None if la is None else np.conj(la)  # (H N)
     gm = np.array(g[:, :N], dtype=np.complex128)  # (H N) mode generators; partners are conj(gm)
     cplx = ~real  # (H N)
-    one_minus = (1.0 - np.abs(a)) * (1.0 + np.abs(a))  # (H N) 1 - |a|^2
+    one_minus = _one_minus_products(la, a, lac, np.conj(a)).real  # (H N) 1 - |a|^2
     d = (gm.real ** 2 + gm.imag ** 2) / one_minus  # (H N) diagonal of mode entries (= partner entries)
     d_first = d.max(axis=1)  # (H)
     live = d_first > 0  # (H)
@@ -126,19 +157,20 @@ def cauchy_real_factor(alpha: np.ndarray, g: np.ndarray, real: np.ndarray, rtol:
             break
         steps = step + 1
         ap = a[rows, p][:, None]  # (H 1) pivot node
+        lp = None if la is None else la[rows, p][:, None]  # (H 1) its log
         gp = gm[rows, p][:, None]  # (H 1) pivot generator
         pc = cplx[rows, p] & live  # (H) complex pivot: eliminate the pair
         inv = np.where(live, 1.0 / np.sqrt(np.where(live, dp, 1.0)), 0.0)[:, None]  # (H 1) 1 / l11
         # the four Cauchy denominators are two and their conjugates (conj is exact in IEEE):
         # 1 - conj(a_i) conj(a_p) = conj(1 - a_i a_p), 1 - conj(a_i) a_p = conj(1 - a_i conj a_p)
-        r1 = 1.0 / (1.0 - a * np.conj(ap))  # (H N)
-        r2_ = 1.0 / (1.0 - a * ap)  # (H N)
+        r1 = 1.0 / _one_minus_products(la, a, None if lp is None else np.conj(lp), np.conj(ap))  # (H N)
+        r2_ = 1.0 / _one_minus_products(la, a, lp, ap)  # (H N)
         # Blaschke factors B_w(z) = (z - w) / (1 - conj(w) z) of the pivot nodes a_p and conj(a_p) at the
         # mode nodes; at the partner nodes they are conj(b2) and conj(b1)
         b1 = (a - ap) * r1  # (H N)
         b2 = (a - np.conj(ap)) * r2_  # (H N)
         # second pivot: the partner x_p-bar, node conj(a_p), generator conj(g_p) B_{a_p}(conj a_p)
-        opp = (1.0 - ap) * (1.0 + ap)  # (H 1) 1 - a_p^2
+        opp = _one_minus_products(lp, ap, lp, ap)  # (H 1) 1 - a_p^2
         gq = np.conj(gp * (ap - np.conj(ap)) / opp)  # (H 1)
         dq = (gq.real ** 2 + gq.imag ** 2)[:, 0] / one_minus[rows, p]  # (H)
         ok2 = pc & (dq > 0)  # (H)
@@ -230,12 +262,3 @@ def real_gramian(P: np.ndarray, real: np.ndarray) -> np.ndarray:
     """r(H 2N 2N): W P W^H, the real-coordinate Gramian of a doubled complex Hermitian one c(H M M)."""
     WP = real_rows(P, real)  # (H 2N M)
     return real_rows(np.conj(np.swapaxes(WP, 1, 2)), real).real  # (H 2N 2N) = W (W P)^H = W P W^H
-
-
-def hankel_singular_values(FQ: np.ndarray, FP: np.ndarray) -> np.ndarray:
-    """r(H K): sigma = sv(F_Q^T F_P), descending, from real Gramian factors P = F_P F_P^T, Q = F_Q F_Q^T.
-
-    The square-root method (Laub, Heath, Paige, Ward 1987; Tombs & Postlethwaite 1987): the HSVs
-    sqrt(eig(P Q)) are the singular values of the factor product, without forming P Q.
-    """
-    return np.linalg.svd(np.swapaxes(FQ, 1, 2) @ FP, compute_uv=False)  # (H K)
