@@ -493,7 +493,7 @@ def import_cmd(source_path, family, config_path, set_items, prefix, length, outp
     """Import a model or layer trained with another codebase into an edgessm checkpoint, and check it."""
     from .importers import import_checkpoint, parse_sets, source_options, summary
 
-    _guard_paths({"source": source_path, "--config": config_path}, {"-o": output}, read=True)
+    _guard_paths({"input file": source_path, "--config": config_path}, {"-o": output}, read=True)
     opts = source_options(config_path, parse_sets(set_items), length)
     _emit(import_checkpoint(source_path, output, family, opts, prefix=prefix, length=length), as_json, summary)
 

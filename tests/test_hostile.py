@@ -292,7 +292,7 @@ CASES = [
     Case("fifo-checkpoint-eval", ["eval", "p.safetensors", "--task", "npz:data.npz"], "FIFO", setup=fifo("p.safetensors")),
     Case("fifo-checkpoint-export", ["export", "p.safetensors", "-o", "p.onnx"], "FIFO", setup=fifo("p.safetensors")),
     Case("fifo-npz", ["train", "--task", "npz:p.npz", "-o", "o.safetensors", *TRAIN], "FIFO", setup=fifo("p.npz")),
-    Case("import-o-is-source", ["import", "m.safetensors", "--from", "s4d", "-o", "hard.safetensors"], "is the source",
+    Case("import-o-is-source", ["import", "m.safetensors", "--from", "s4d", "-o", "hard.safetensors"], "is the input file",
          setup=lambda d: os.link(d / "m.safetensors", d / "hard.safetensors")),
     Case("fifo-import-source", ["import", "p.pt", "--from", "s4d", "-o", "o.safetensors"], "FIFO", setup=fifo("p.pt")),
     Case("fifo-onnx-info", ["info", "p.onnx"], "FIFO", setup=fifo("p.onnx")),
