@@ -58,7 +58,7 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-def _diverged(what: str, value: float, epoch: int, step: int, cfg: TrainConfig) -> "TrainingDiverged":
+def _diverged(what: str, value: float, epoch: int, step: int, cfg: TrainConfig) -> Exception:
     from .errors import TrainingDiverged
 
     return TrainingDiverged(f"training diverged: {what} is {value} at epoch {epoch}, step {step} (lr={cfg.lr:g}, "
