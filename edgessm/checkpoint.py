@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,49 +19,39 @@ from . import __version__
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
 from .report import json_default
+from .runtime import fileio as _fileio
 
-__all__ = ["save", "load", "read_metadata", "file_sha256", "FORMAT_VERSION", "atomic_write"]
+__all__ = ["save", "load", "read_metadata", "file_sha256", "FORMAT_VERSION", "atomic_write", "check_outputs"]
 
 FORMAT_VERSION = 1
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
+    _fileio.regular_file(path, "file", CheckpointError)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-class atomic_write:
-    """Context manager yielding a temp path next to ``path``; renamed onto ``path`` only on success."""
+def atomic_write(path: str | os.PathLike, what: str = "output"):
+    """Context manager yielding a temp path next to ``path``, renamed onto it only on success.
 
-    def __init__(self, path: str | os.PathLike, what: str = "output"):
-        self.path = Path(path)
-        self.what = what
+    The one writer of every edgessm output (runtime/fileio.py): final mode 0666 & ~umask, and an
+    error names ``path``, never the temp file.
+    """
+    return _fileio.atomic_write(path, what, CheckpointError)
 
-    def __enter__(self) -> Path:
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        if not parent.is_dir():
-            raise CheckpointError(f"cannot write {self.what} {self.path}: folder {parent} does not exist; create it first")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
-        except OSError as e:
-            raise CheckpointError(f"cannot write {self.what} {self.path}: {e.strerror}; choose a writable path") from None
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+def check_outputs(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """CheckpointError if an output path is one of the inputs or two outputs are one file (runtime/fileio.py)."""
+    _fileio.check_outputs(inputs, outputs, CheckpointError)
 
 
 def save(model: torch.nn.Module, path: str | os.PathLike, provenance: Optional[dict[str, Any]] = None) -> Path:
     """Write ``model`` (an SSMModel) with its config and provenance; returns the path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     prov = dict(getattr(model, "provenance", {}) or {})
     prov.update(provenance or {})
@@ -72,29 +62,33 @@ def save(model: torch.nn.Module, path: str | os.PathLike, provenance: Optional[d
         "edgessm.provenance": json.dumps(prov, sort_keys=True, default=json_default),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # every later command would refuse the file: never write one
+        raise CheckpointError(f"refusing to write {path}: tensor {bad[0]} has NaN/Inf values (the model diverged); "
+                              "lower the learning rate or start from an earlier checkpoint")
+    blob = save_bytes(tensors, metadata=meta)  # save_file would recreate the file with mode 0600
     with atomic_write(path, "checkpoint") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "wb") as f:
+            f.write(blob)
     model.provenance = prov
     return Path(path)
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """(config, provenance) from the file's header alone; validates the format."""
-    meta = _header(path)
+    meta, _ = _header(path)
     return _config(path, meta), _provenance(path, meta)
 
 
-def _header(path: str | os.PathLike) -> dict[str, str]:
+def _header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     from safetensors import safe_open
 
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} not found; pass the path of a .safetensors file written by edgessm")
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint {p} is a folder; pass the .safetensors file inside it")
+    p = _fileio.regular_file(path, "checkpoint", CheckpointError,
+                             "pass the path of a .safetensors file written by edgessm")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated / foreign files
         from .importers.formats import describe_file
 
@@ -114,7 +108,9 @@ def _header(path: str | os.PathLike) -> dict[str, str]:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {p} has format version {version}, newer than this edgessm "
                               f"({__version__}, format {FORMAT_VERSION}); upgrade edgessm")
-    return meta
+    if version < 1:
+        raise CheckpointError(f"checkpoint {p} has an invalid format version {version}")
+    return meta, shapes
 
 
 def _config(path, meta: dict[str, str]) -> ModelConfig:
@@ -128,12 +124,103 @@ def _config(path, meta: dict[str, str]) -> ModelConfig:
         raise CheckpointError(f"checkpoint {path}: invalid model config ({e})") from None
 
 
+def _check_dims(path, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The config's sizes against the stored tensors' shapes, from the header, before anything is built.
+
+    A few bytes of JSON can ask for a model of gigabytes (n_layers = 1e6 in a 14 KB file); the tensors
+    that fix each size (encoder: d_input or vocab x H; decoder: O x H, when the config has them; each
+    block's C: H x N_i x 2) must be there with those shapes. The full name-by-name comparison follows
+    once the model is built.
+    """
+    H = cfg.d_model
+    want = {}
+    if cfg.encoder == "linear":
+        want["encoder.weight"] = (cfg.vocab_size, H) if cfg.vocab_size > 0 else (H, cfg.d_input)
+    if cfg.decoder == "linear":
+        want["decoder.weight"] = (cfg.d_output, H)
+    want.update({f"blocks.{i}.ssm.C": (H, cfg.n_modes(i), 2) for i in range(cfg.n_layers)})
+    blocks = {k.split(".")[1] for k in shapes if k.startswith("blocks.") and k.count(".") >= 2}
+    if blocks != {str(i) for i in range(cfg.n_layers)}:
+        raise CheckpointError(f"checkpoint {path} does not match its config: config.n_layers={cfg.n_layers} but the "
+                              f"file stores {len(blocks)} blocks; the metadata was edited or the file is damaged")
+    for k, shape in want.items():
+        if k not in shapes:
+            raise CheckpointError(f"checkpoint {path} does not match its config: missing tensors ['{k}']")
+        if shapes[k] != shape:
+            raise CheckpointError(f"checkpoint {path} does not match its config: tensor {k} has shape "
+                                  f"{shapes[k]}, config says {shape}; the metadata was edited or the file is damaged")
+
+
 def _provenance(path, meta: dict[str, str]) -> dict[str, Any]:
     try:
         prov = json.loads(meta.get("edgessm.provenance", "{}"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"checkpoint {path} has corrupt provenance metadata (not JSON)") from None
-    return prov if isinstance(prov, dict) else {}
+    if not isinstance(prov, dict):
+        raise CheckpointError(f"checkpoint {path}: provenance metadata must be a JSON object, got {type(prov).__name__}")
+    _check_provenance(path, prov)
+    return prov
+
+
+MAX_SEQ_LEN = 1 << 24  # as config.MAX_HORIZON: `compress --horizon auto` uses the recorded seq_len
+
+
+def _check_provenance(path, prov: dict[str, Any]) -> None:
+    """The provenance keys later commands read (info, eval, compress --horizon auto, export) have their types.
+
+    Provenance is free-form JSON in a user's file: a hand-edited `seq_len: "40"` or `parent: 3` must be
+    one line naming the key, not a traceback three commands later.
+    """
+    def bad(key: str, v: Any, want: str) -> CheckpointError:
+        r = repr(v)
+        return CheckpointError(f"checkpoint {path}: provenance {key}={r if len(r) <= 60 else r[:57] + '...'} "
+                               f"must be {want}; the metadata was edited or damaged: re-save the checkpoint")
+
+    def num(v: Any) -> bool:
+        return v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+
+    def integer(v: Any, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    for key in ("command", "edgessm_version"):
+        if key in prov and not isinstance(prov[key], str):
+            raise bad(key, prov[key], "a string")
+    task = prov.get("task", "")
+    if not (isinstance(task, str) or (isinstance(task, dict) and isinstance(task.get("name", ""), str)
+                                      and isinstance(task.get("classes", []), list))):
+        raise bad("task", task, 'a task name, or {"name": str, "classes": [...]}')
+    if "seq_len" in prov and not integer(prov["seq_len"], 1, MAX_SEQ_LEN):
+        raise bad("seq_len", prov["seq_len"], f"an integer in [1, {MAX_SEQ_LEN}]")
+    if "best_epoch" in prov and not integer(prov["best_epoch"], -1, 1 << 30):
+        raise bad("best_epoch", prov["best_epoch"], "an integer epoch")
+    for key in ("task_meta", "task_options", "train_config", "metrics", "reduction"):
+        if key in prov and not isinstance(prov[key], dict):
+            raise bad(key, prov[key], "a JSON object")
+    if "parent" in prov:
+        par = prov["parent"]
+        if not isinstance(par, dict) or not isinstance(par.get("path"), str) or not isinstance(par.get("sha256", ""), str):
+            raise bad("parent", par, 'an object {"path": ..., "sha256": ...} of strings')
+    seed = prov.get("train_config", {}).get("seed", 0)
+    if not integer(seed, 0, 2**32 - 1):
+        raise bad("train_config.seed", seed, "an integer in [0, 2^32 - 1]")
+    metrics = prov.get("metrics", {})
+    for key in ("val", "test"):
+        m = metrics.get(key, {})
+        if not isinstance(m, dict) or not all(num(v) for v in m.values()):
+            raise bad(f"metrics.{key}", m, "an object of numbers")
+    if not num(metrics.get("best_val")):
+        raise bad("metrics.best_val", metrics["best_val"], "a number")
+    sched = prov.get("rank_schedule", [])
+    if not isinstance(sched, list) or not all(
+            isinstance(e, dict) and integer(e.get("epoch"), 0, 1 << 30) and isinstance(e.get("ranks"), list)
+            and all(integer(r, 0, 1 << 20) for r in e["ranks"]) for e in sched):
+        raise bad("rank_schedule", sched, 'a list of {"epoch": int, "ranks": [int, ...]}')
+    red = prov.get("reduction", {})
+    layers = red.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(l, dict) and num(l.get("max_bound")) for l in layers):
+        raise bad("reduction.layers", layers, 'a list of objects with a numeric "max_bound"')
+    if "history" in prov and not isinstance(prov["history"], list):
+        raise bad("history", prov["history"], "a list")
 
 
 def load(path: str | os.PathLike, map_location: str = "cpu", check_finite: bool = True) -> torch.nn.Module:
@@ -142,8 +229,9 @@ def load(path: str | os.PathLike, map_location: str = "cpu", check_finite: bool 
 
     from .model import SSMModel
 
-    meta = _header(path)
+    meta, shapes = _header(path)
     cfg, prov = _config(path, meta), _provenance(path, meta)
+    _check_dims(path, cfg, shapes)
     try:
         tensors = load_file(str(path), device=map_location)
     except Exception as e:
@@ -163,6 +251,9 @@ def load(path: str | os.PathLike, map_location: str = "cpu", check_finite: bool 
         if tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"checkpoint {path}: tensor {k} has shape {tuple(v.shape)}, "
                                   f"config says {tuple(expected[k].shape)}")
+        if expected[k].is_floating_point() and not v.is_floating_point():  # load_state_dict would cast it silently
+            raise CheckpointError(f"checkpoint {path}: tensor {k} has dtype {v.dtype}, expected floating point; "
+                                  "the file was not written by edgessm or is damaged")
         if check_finite and v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"checkpoint {path}: tensor {k} has NaN/Inf values; the training diverged, "
                                   "use an earlier checkpoint or a lower learning rate")

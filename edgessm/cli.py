@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import sys
 import typing
 from typing import Any, Callable, Optional
@@ -34,7 +35,27 @@ from .report import json_default  # noqa: E402
 
 
 class _Group(click.Group):
-    """Turns EdgeSSMError (and a bad file for click) into one line + exit 2."""
+    """Turns EdgeSSMError, click's usage errors and OS errors into one line + exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:  # click would print the usage block first: one line instead
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `edgessm`: the help is what was asked for
+                e.show()
+                sys.exit(e.exit_code)
+            where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+            click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{where}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -45,6 +66,61 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # the reader went away (| head): stop quietly, like any filter
+            _silence_stdout()
+            sys.exit(0)
+        except OSError as e:  # a full disk, /dev/full as stdout, an unreadable file: one line, no traceback
+            _silence_stdout()
+            where = f" ({e.filename})" if getattr(e, "filename", None) else " (writing the output)"
+            click.echo(f"error: {e.strerror or e}{where}", err=True)
+            sys.exit(2)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the flush at exit does not raise again on a closed or full stream."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+# ---- input/output validation (shared by the commands) ----------------------------------------
+SEED = click.IntRange(0, 2**32 - 1)  # numpy's generators take seeds in [0, 2^32)
+
+
+def _task_inputs(task: str) -> dict[str, str]:
+    """The files a --task reads, for the output-path guard."""
+    prefix, sep, arg = task.partition(":")
+    if not sep or not arg:
+        return {}
+    if prefix == "npz":
+        return {"--task file": os.path.expanduser(arg)}
+    if prefix == "lra-listops":
+        d = os.path.expanduser(arg)
+        return {f"--task file {n}": os.path.join(d, n) for n in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv")}
+    return {}
+
+
+def _guard_paths(inputs: dict[str, Any], outputs: dict[str, Any], read: bool = False) -> None:
+    """Refuse outputs that are inputs or each other, and unwritable outputs, before any work is done.
+
+    read=True also requires each input to be a regular file (for readers that do not check it themselves:
+    opening a FIFO blocks).
+    """
+    from .checkpoint import check_outputs
+    from .errors import CheckpointError
+    from .runtime.fileio import check_writable, regular_file
+
+    if read:
+        for label, path in inputs.items():
+            if path is not None:
+                regular_file(path, label, CheckpointError)
+    check_outputs(inputs, outputs)
+    for label, path in outputs.items():
+        if path is not None:
+            check_writable(path, f"{label}", CheckpointError)
 
 
 def _emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
@@ -164,7 +240,20 @@ def _run_training(model, data, tcfg, output: str, provenance: dict[str, Any], qu
     def on_best(m, info):  # best-checkpoint saving: the file on disk is always the best model so far
         save(m, output, provenance={**provenance, "best_epoch": info["epoch"], "metrics": {"val": info["val"]}})
 
-    res = train(model, data, tcfg, on_best=on_best, reducer=reducer, progress=not quiet)
+    from .errors import TrainingDiverged
+
+    saved: list[int] = []
+
+    def on_best_tracked(m, info):
+        on_best(m, info)
+        saved.append(info["epoch"])
+
+    try:
+        res = train(model, data, tcfg, on_best=on_best_tracked, reducer=reducer, progress=not quiet)
+    except TrainingDiverged as e:
+        kept = (f"{output} holds the best finite model (epoch {saved[-1]})" if saved
+                else f"no checkpoint was written to {output}")
+        raise TrainingDiverged(f"{e}; {kept}") from None
     prov = {**provenance, "best_epoch": res.best_epoch,
             "metrics": {"val": res.history[-1]["val"] if res.history else {}, "best_val": res.val_metric,
                         "test": res.test_metrics},
@@ -210,6 +299,7 @@ def train(task, task_option_items, output, m_overrides, t_overrides, quiet, as_j
 
     tcfg = TrainConfig(**t_overrides)
     tcfg.validate()
+    _guard_paths(_task_inputs(task), {"-o": output})
     data = _load_task(task, task_option_items, tcfg.seed)
     cfg = ModelConfig(d_input=data.d_input, d_output=data.d_output, vocab_size=data.vocab_size,
                       task_type=data.task_type, **m_overrides)
@@ -249,9 +339,10 @@ def finetune(model_path, task, task_option_items, output, t_overrides, quiet, as
     """Main training of a (compressed) model from its current parameters (Ezoe & Sato 2024)."""
     from .checkpoint import file_sha256, load
 
-    model = load(model_path)
     tcfg = TrainConfig(**t_overrides)
     tcfg.validate()
+    _guard_paths({"checkpoint": model_path, **_task_inputs(task)}, {"-o": output})
+    model = load(model_path)
     data = _load_task(task, task_option_items, tcfg.seed)
     _check_compatible(model, data, model_path)
     prov = {**model.provenance, "command": "finetune", "parent": {"path": str(model_path), "sha256": file_sha256(model_path)},
@@ -276,7 +367,7 @@ def _check_compatible(model, data, path) -> None:
 @task_option
 @task_options_option
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="task generator seed [default: the seed the model was trained with on this task, else 0]")
 @json_option
 def eval_cmd(model_path, task, task_option_items, split, seed, as_json):
@@ -291,6 +382,11 @@ def eval_cmd(model_path, task, task_option_items, split, seed, as_json):
     data = _load_task(task, task_option_items, seed)
     _check_compatible(model, data, model_path)
     metrics = evaluate(model, data, split)
+    if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"model {model_path} gives NaN/Inf on {data.name} ({split} loss {metrics.get('loss')}): "
+                              "its parameters overflow (e.g. a huge dt); use an earlier checkpoint or re-train")
     out = {"model": str(model_path), "task": data.name, "split": split, "seed": seed, **metrics}
     _emit(out, as_json, lambda r: "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
 
@@ -349,7 +445,7 @@ def _info_text(r: dict[str, Any]) -> str:
 @click.option("--layer-rank", "layer_ranks", multiple=True, metavar="I=R", help="per-layer rank override (repeatable)")
 @click.option("--method", type=click.Choice(["balanced", "modal", "random"]), default="balanced", show_default=True)
 @click.option("--horizon", default=None, help="time-limited BT over L steps: an integer, or 'auto' (the task's sequence length)")
-@click.option("--seed", type=int, default=0, show_default=True, help="for --method random")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="for --method random")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="write the full report (JSON)")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="plot HSV decay and cuts (PNG, needs matplotlib)")
 @json_option
@@ -358,6 +454,14 @@ def compress(model_path, output, rank, energy, tol, layer_ranks, method, horizon
     from .compress import CompressSpec, compress_checkpoint, summary_table
     from .errors import RankError
 
+    from .config import MAX_HORIZON
+
+    _guard_paths({"checkpoint": model_path}, {"-o": output, "--report": report_path, "--plot": plot_path})
+    if horizon is not None and horizon not in ("auto", "none"):
+        if not horizon.isdigit() or not 2 <= int(horizon) <= MAX_HORIZON:
+            raise RankError(f"--horizon {horizon!r} must be 'auto' or an integer in [2, {MAX_HORIZON}] "
+                            "(beyond that the L-step Gramians equal the infinite ones: omit --horizon)")
+        horizon = int(horizon)
     overrides = {}
     for item in layer_ranks:
         i, sep, r = item.partition("=")
@@ -389,6 +493,7 @@ def import_cmd(source_path, family, config_path, set_items, prefix, length, outp
     """Import a model or layer trained with another codebase into an edgessm checkpoint, and check it."""
     from .importers import import_checkpoint, parse_sets, source_options, summary
 
+    _guard_paths({"input file": source_path, "--config": config_path}, {"-o": output}, read=True)
     opts = source_options(config_path, parse_sets(set_items), length)
     _emit(import_checkpoint(source_path, output, family, opts, prefix=prefix, length=length), as_json, summary)
 
@@ -401,16 +506,18 @@ def import_cmd(source_path, family, config_path, set_items, prefix, length, outp
 @click.option("--target", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
               help="graph form: elementwise (cpu) or fewest nodes (cuda, tensorrt)")
 @click.option("--fp16", is_flag=True, help="half-precision weights and activations; recurrence kept in float32")
-@click.option("--chunk", type=int, default=None, help="also write a graph that advances T steps per call")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=None, help="also write a graph that advances T steps per call")
+@click.option("--opset", type=click.IntRange(min=1), default=17, show_default=True)
 @click.option("--no-verify", is_flag=True, help="skip the post-export parity check (not recommended)")
-@click.option("--verify-steps", type=int, default=300, show_default=True)
+@click.option("--verify-steps", type=click.IntRange(1, 100_000), default=300, show_default=True)
 @json_option
 def export(model_path, fmt, output, target, fp16, chunk, opset, no_verify, verify_steps, as_json):
     """Export a checkpoint to an ONNX graph that runs one time step per call (state in, state out)."""
     from .checkpoint import file_sha256, load
-    from .export import export_onnx
+    from .export import default_chunk_path, export_onnx
 
+    _guard_paths({"checkpoint": model_path},
+                 {"-o": output, "chunk graph": default_chunk_path(output, chunk) if chunk else None})
     model = load(model_path)
     res = export_onnx(model, output, target=target, fp16=fp16, chunk=chunk, opset=opset, verify=not no_verify,
                       verify_steps=verify_steps, source_sha256=file_sha256(model_path))

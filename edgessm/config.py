@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -20,6 +23,63 @@ POOLINGS = ("mean", "last", "none")
 NORMS = ("layer", "none")
 ACTIVATIONS = ("gelu", "relu", "tanh", "identity")
 ENDS = ("linear", "none")
+
+# Upper bounds are sanity limits that stop a typo or a hostile file from allocating gigabytes before
+# anything can fail; the real check of a checkpoint is against its stored tensor shapes (checkpoint.py).
+MAX_PARAMETERS = 1 << 30      # 4 GiB of float32 weights
+MAX_HORIZON = 1 << 24         # L-step Gramians: past ~1.7e7 steps they equal the infinite ones for |A| < 1 - 1e-6
+_MODEL_INTS = {"d_input": (1, 1 << 16), "d_output": (1, 1 << 16), "vocab_size": (0, 1 << 24),
+               "d_model": (1, 1 << 16), "n_layers": (1, 1024), "d_state": (1, 1 << 14)}
+_TRAIN_INTS = {"epochs": (1, 1 << 20), "batch_size": (1, 1 << 24), "seed": (0, 2**32 - 1), "eval_every": (1, 1 << 20)}
+# name: (lo, hi, lo excluded, hi excluded); hi None = any finite value
+_TRAIN_REALS = {"lr": (0.0, None, True, False), "lr_ssm": (0.0, None, False, False),
+                "weight_decay": (0.0, None, False, False), "warmup_frac": (0.0, 1.0, False, False),
+                "grad_clip": (0.0, None, False, False), "val_frac": (0.0, 1.0, True, True),
+                "reduce_until": (0.0, 1.0, True, False), "reduce_min_drop": (0.0, 1.0, False, True)}
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def one_of(owner: str, name: str, v: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in allowed:
+        raise ConfigError(f"{owner}.{name}={_short(v)} is not one of {', '.join(allowed)}")
+    return v
+
+
+def integer(owner: str, name: str, v: Any, lo: int, hi: int) -> int:
+    """An int in [lo, hi]: bools, strings and non-integral floats are refused (4.0 is read as 4)."""
+    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, numbers.Real)):
+        raise ConfigError(f"{owner}.{name}={_short(v)} must be an integer in [{lo}, {hi}]")
+    if not isinstance(v, numbers.Integral):
+        if not math.isfinite(v) or v != int(v):
+            raise ConfigError(f"{owner}.{name}={_short(v)} must be an integer in [{lo}, {hi}]")
+    n = int(v)
+    if not lo <= n <= hi:
+        raise ConfigError(f"{owner}.{name}={n} is out of range: it must lie in [{lo}, {hi}]")
+    return n
+
+
+def real(owner: str, name: str, v: Any, lo: Optional[float], hi: Optional[float], *, lo_open: bool = False,
+         hi_open: bool = False) -> float:
+    """A finite float in the interval; bools and strings are refused."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ConfigError(f"{owner}.{name}={_short(v)} must be a finite number")
+    x = float(v)
+    bad = (lo is not None and (x < lo or (lo_open and x == lo))) or (hi is not None and (x > hi or (hi_open and x == hi)))
+    if bad:
+        span = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{')' if hi_open or hi is None else ']'}"
+        raise ConfigError(f"{owner}.{name}={x!r} is out of range: it must lie in {span}")
+    return x
+
+
+def boolean(owner: str, name: str, v: Any) -> bool:
+    if not isinstance(v, bool):  # JSON "false" (a string) would read as True: another architecture
+        raise ConfigError(f"{owner}.{name}={_short(v)} must be true or false (a JSON boolean, not a string)")
+    return v
+
 
 
 @dataclass
@@ -57,23 +117,15 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        def one_of(name: str, allowed: tuple[str, ...]) -> None:
-            v = getattr(self, name)
-            if v not in allowed:
-                raise ConfigError(f"config.{name}={v!r} is not one of {', '.join(allowed)}")
-        one_of("layer", LAYERS)
-        one_of("init", INITS)
-        one_of("mixing", MIXINGS)
-        one_of("pooling", POOLINGS)
-        one_of("norm", NORMS)
-        one_of("activation", ACTIVATIONS)
-        one_of("encoder", ENDS)
-        one_of("decoder", ENDS)
-        if self.task_type not in ("classification", "regression"):
-            raise ConfigError(f"config.task_type={self.task_type!r} is not one of classification, regression")
-        for name in ("d_input", "d_output", "d_model", "n_layers", "d_state"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"config.{name} must be a positive integer, got {getattr(self, name)!r}")
+        """Type and range of every field (a checkpoint's JSON is user input), then the size it implies."""
+        for name, allowed in (("layer", LAYERS), ("init", INITS), ("mixing", MIXINGS), ("pooling", POOLINGS),
+                              ("norm", NORMS), ("activation", ACTIVATIONS), ("encoder", ENDS), ("decoder", ENDS),
+                              ("task_type", ("classification", "regression"))):
+            one_of("config", name, getattr(self, name), allowed)
+        for name, (lo, hi) in _MODEL_INTS.items():
+            setattr(self, name, integer("config", name, getattr(self, name), lo, hi))
+        for name in ("prenorm", "residual", "final_norm"):
+            boolean("config", name, getattr(self, name))
         if self.encoder == "none" and (self.vocab_size > 0 or self.d_input != self.d_model):
             raise ConfigError(f"config.encoder='none' feeds the input straight into the blocks, so it needs vocab_size=0 and "
                               f"d_input == d_model, got vocab_size={self.vocab_size}, d_input={self.d_input}, d_model={self.d_model}")
@@ -81,11 +133,32 @@ class ModelConfig:
             raise ConfigError(f"config.decoder='none' outputs the blocks' channels, so it needs d_output == d_model, "
                               f"got d_output={self.d_output}, d_model={self.d_model}")
         if self.layer_d_state is not None:
-            self.layer_d_state = [int(n) for n in self.layer_d_state]
-            if len(self.layer_d_state) != self.n_layers or min(self.layer_d_state) <= 0:
-                raise ConfigError(f"config.layer_d_state must list {self.n_layers} positive sizes, got {self.layer_d_state}")
-        if not 0 < self.dt_min <= self.dt_max:
+            if not isinstance(self.layer_d_state, (list, tuple)):
+                raise ConfigError(f"config.layer_d_state={_short(self.layer_d_state)} must be a list of "
+                                  f"{self.n_layers} positive sizes (or null)")
+            if len(self.layer_d_state) != self.n_layers:
+                raise ConfigError(f"config.layer_d_state must list {self.n_layers} positive sizes (one per layer), "
+                                  f"got {len(self.layer_d_state)}")
+            self.layer_d_state = [integer("config", f"layer_d_state[{i}]", n, *_MODEL_INTS["d_state"])
+                                  for i, n in enumerate(self.layer_d_state)]
+        self.dt_min = real("config", "dt_min", self.dt_min, 0.0, None, lo_open=True)
+        self.dt_max = real("config", "dt_max", self.dt_max, 0.0, None, lo_open=True)
+        if not self.dt_min <= self.dt_max:
             raise ConfigError(f"config needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        self.dropout = real("config", "dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        n = self.approx_parameters()
+        if n > MAX_PARAMETERS:
+            raise ConfigError(f"config implies ~{n:.3g} parameters, over the limit of {MAX_PARAMETERS:.3g} "
+                              f"({4 * MAX_PARAMETERS / 2**30:.0f} GiB of float32); reduce d_model, d_state or n_layers")
+
+    def approx_parameters(self) -> int:
+        """Parameters the config implies, to within the small per-layer vectors: checked before anything is built."""
+        H = self.d_model
+        enc = (self.vocab_size if self.vocab_size > 0 else self.d_input) * H if self.encoder == "linear" else 0
+        dec = H * self.d_output if self.decoder == "linear" else 0
+        mix = {"glu": 2 * H * H, "linear": H * H, "none": 0}[self.mixing]
+        ssm = sum(4 * H * self.n_modes(i) for i in range(self.n_layers))   # Lambda (re, im), C (re, im) per mode
+        return enc + ssm + self.n_layers * (mix + 6 * H) + dec
 
     def n_modes(self, layer: int) -> int:
         """N (stored complex modes per channel) of layer i."""
@@ -112,6 +185,8 @@ class ModelConfig:
             d = json.loads(s)
         except json.JSONDecodeError as e:
             raise ConfigError(f"model config is not valid JSON ({e})") from None
+        except RecursionError:
+            raise ConfigError("model config JSON is nested too deeply to be a config") from None
         if not isinstance(d, dict):
             raise ConfigError("model config JSON must be an object")
         return cls.from_dict(d)
@@ -143,20 +218,23 @@ class TrainConfig:
     reduce_horizon: Optional[int] = None   # horizon-aware Gramians (issue 7) during in-training reduction
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if self.lr <= 0 or self.lr_ssm < 0:
-            raise ConfigError(f"learning rates must be positive, got lr={self.lr}, lr_ssm={self.lr_ssm}")
-        if not 0 < self.val_frac < 1:
-            raise ConfigError(f"val_frac must be in (0, 1), got {self.val_frac}")
+        """Type and range of every field: they come from the command line and from checkpoint provenance."""
+        for name, (lo, hi) in _TRAIN_INTS.items():
+            setattr(self, name, integer("train", name, getattr(self, name), lo, hi))
+        for name, (lo, hi, lo_open, hi_open) in _TRAIN_REALS.items():
+            setattr(self, name, real("train", name, getattr(self, name), lo, hi, lo_open=lo_open, hi_open=hi_open))
+        if self.threads is not None:
+            self.threads = integer("train", "threads", self.threads, 1, 4096)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", self.device):
+            raise ConfigError(f"train.device={_short(self.device)} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.reduce_energy is not None and self.reduce_rank is not None:
             raise ConfigError("give reduce_energy or reduce_rank, not both")
-        if self.reduce_rank is not None and self.reduce_rank < 1:
-            raise ConfigError(f"reduce_rank must be >= 1, got {self.reduce_rank}")
-        if self.reduce_energy is not None and not 0 < self.reduce_energy < 1:
-            raise ConfigError(f"reduce_energy must be in (0, 1), got {self.reduce_energy}")
-        if not 0 < self.reduce_until <= 1:
-            raise ConfigError(f"reduce_until must be in (0, 1], got {self.reduce_until}")
+        if self.reduce_rank is not None:
+            self.reduce_rank = integer("train", "reduce_rank", self.reduce_rank, 1, _MODEL_INTS["d_state"][1])
+        if self.reduce_energy is not None:
+            self.reduce_energy = real("train", "reduce_energy", self.reduce_energy, 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.reduce_horizon is not None:
+            self.reduce_horizon = integer("train", "reduce_horizon", self.reduce_horizon, 2, MAX_HORIZON)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,3 +34,7 @@ class TaskError(EdgeSSMError, ValueError):
 
 class ExportError(EdgeSSMError):
     """Export failed: unsupported layer, unwritable path, or post-export parity check failed."""
+
+
+class TrainingDiverged(EdgeSSMError):
+    """The training loss (or a validation metric) became NaN/Inf; nothing after the last finite model is saved."""

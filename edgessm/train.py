@@ -41,9 +41,29 @@ class TrainResult:
 
 # ---- helpers -------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
+    """TrainConfig.device -> torch.device; ConfigError when that device is not usable here."""
+    from .errors import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"--device {name}: this torch has no usable CUDA device; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {name}: only {n} CUDA device(s) here (cuda:0..cuda:{n - 1})")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu (or auto)")
+    return dev
+
+
+def _diverged(what: str, value: float, epoch: int, step: int, cfg: TrainConfig) -> Exception:
+    from .errors import TrainingDiverged
+
+    return TrainingDiverged(f"training diverged: {what} is {value} at epoch {epoch}, step {step} (lr={cfg.lr:g}, "
+                            f"lr_ssm={cfg.lr_ssm:g}); stopped, nothing written after the last finite model; "
+                            "lower --lr / --lr-ssm or check the data")
 
 
 def build_optimizer(model: SSMModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -133,7 +153,7 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
     from .tasks import split_validation
 
     cfg.validate()
-    if cfg.threads:
+    if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -180,15 +200,19 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * f
             loss, _ = _loss(net, data, x[idx], y[idx], lens[idx] if lens is not None else None)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):  # every later step and checkpoint would be NaN: stop here
+                bar.close()
+                raise _diverged("the train loss", loss_value, epoch, step, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            run_loss += loss.item()
+            run_loss += loss_value
             step += 1
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{loss_value:.3f}")
         if epoch % cfg.eval_every and epoch != cfg.epochs:
             continue
         # in-training reduction (all ranks, deterministically: same weights -> same reduction)
@@ -203,6 +227,9 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
         if rank == 0:
             val = evaluate(model, val_data, "test", device=device)
             score = _val_score(val)
+            if not (math.isfinite(val["loss"]) and math.isfinite(score)):  # the weights overflowed after the step
+                bar.close()
+                raise _diverged("the validation loss", val["loss"], epoch, step, cfg)
             rec = {"epoch": epoch, "train_loss": run_loss / max(1, steps_per_epoch), "val": val,
                    "seconds": round(time.time() - t0, 1), "ranks": [b.ssm.N for b in model.blocks]}
             history.append(rec)

@@ -18,6 +18,7 @@ from onnx import helper
 
 from edgessm import __version__
 from edgessm.errors import EdgeSSMError, ExportError
+from edgessm.runtime import fileio as _fileio
 
 from . import verify as _verify
 from .graph import MIN_OPSET, TARGETS, build_chunk_graph, build_step_graph, node_counts, state_specs
@@ -86,8 +87,10 @@ def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str
     # ---- options -------------------------------------------------------------------------
     if target not in TARGETS:
         raise ExportError(f"target {target!r} is not one of {', '.join(TARGETS)}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ExportError(f"opset {opset!r} is not supported; use an opset >= {MIN_OPSET} (LayerNormalization)")
+    max_opset = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
+        raise ExportError(f"opset {opset!r} is not supported; use an opset in [{MIN_OPSET}, {max_opset}] "
+                          f"({MIN_OPSET}: LayerNormalization; {max_opset}: the newest this onnx {onnx.__version__} knows)")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
         raise ExportError(f"chunk={chunk!r} must be a positive integer number of steps (or None for no chunk graph)")
     if isinstance(verify_steps, bool) or not isinstance(verify_steps, (int, np.integer)) or verify_steps < 1:
@@ -97,10 +100,10 @@ def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str
     if chunk is not None:
         chunk = int(chunk)
         chunk_out = Path(chunk_path) if chunk_path is not None else default_chunk_path(out_path, chunk)
-        if chunk_out.resolve() == out_path.resolve():
-            raise ExportError(f"chunk graph path {chunk_out} is the step graph's path; choose another chunk_path")
+    source = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else getattr(model_or_path, "source_path", None)
+    _fileio.check_outputs({"checkpoint": source}, {"ONNX file": out_path, "chunk graph": chunk_out}, ExportError)
     for p in [out_path] + ([chunk_out] if chunk_out is not None else []):
-        _check_writable(p)
+        _fileio.check_writable(p, "ONNX file", ExportError)
 
     # ---- model -----------------------------------------------------------------------------
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -116,6 +119,8 @@ def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model keeps its device and mode
     mp = lower_model(model)
     precision = "fp16" if fp16 else "fp32"
+    if chunk is not None:
+        _check_chunk_size(mp, chunk, fp16)
 
     # ---- graphs ------------------------------------------------------------------------------
     graphs: dict[str, tuple[onnx.ModelProto, Path, Optional[int]]] = {
@@ -188,19 +193,33 @@ def _check_parity(model, blob: bytes, kind: str, T: Optional[int], L: int, tol: 
     return result
 
 
-def _check_writable(p: Path) -> None:
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise ExportError(f"cannot write ONNX file {p}: it is a folder; give a file name such as {p / 'model.onnx'}")
-    if not parent.is_dir():
-        raise ExportError(f"cannot write ONNX file {p}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write ONNX file {p}: folder {parent} is not writable; choose a writable path")
+# A protobuf message (an ONNX file without external data) cannot exceed 2 GiB, and building a chunk graph
+# holds several copies of its weights (float64 per layer while forming them, the float32 constants, the
+# serialised bytes): 1 GiB of weights keeps the build to a few GiB.
+MAX_GRAPH_BYTES = 1 << 30
+
+
+def chunk_graph_bytes(mp: ModelParams, T: int, fp16: bool = False) -> int:
+    """Weight bytes of a T-step chunk graph: one (H, 2N+T, 2N+T) matrix per layer plus the (T, T) pooling sums."""
+    item = 2 if fp16 else 4
+    return sum(item * b.ssm.H * (2 * b.ssm.N + T) ** 2 for b in mp.blocks) + 4 * T * T
+
+
+def _check_chunk_size(mp: ModelParams, T: int, fp16: bool) -> None:
+    """Refuse a chunk length whose graph would pass the protobuf limit, before building it."""
+    need = chunk_graph_bytes(mp, T, fp16)
+    if need > MAX_GRAPH_BYTES:
+        t = 1
+        while chunk_graph_bytes(mp, 2 * t, fp16) <= MAX_GRAPH_BYTES:
+            t *= 2
+        raise ExportError(f"--chunk {T} makes a chunk graph of {need / 2**30:.3g} GiB (its weights grow as T^2), over "
+                          f"the limit of 1 GiB (ONNX files stop at 2 GB); use --chunk {t} or less")
 
 
 def _write_all(files: dict[Path, bytes]) -> None:
-    """Every file through a temp file + rename (atomic_write); on any error no temp file is left."""
-    from edgessm.checkpoint import atomic_write
+    """Every file through a temp file + rename (one atomic writer, runtime/fileio.py); on any error none is left."""
+    def atomic_write(p: Path, what: str):
+        return _fileio.atomic_write(p, what, ExportError)
 
     try:
         with contextlib.ExitStack() as stack:
@@ -302,9 +321,7 @@ def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: st
 
 def read_metadata(onnx_path: Union[str, os.PathLike]) -> dict[str, Any]:
     """The ``edgessm.*`` metadata_props of an ONNX file, JSON values decoded (for ``edgessm info``)."""
-    p = Path(onnx_path)
-    if not p.is_file():
-        raise ExportError(f"ONNX file {p} does not exist; check the path")
+    p = _fileio.regular_file(onnx_path, "ONNX file", ExportError, "check the path")
     try:
         m = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises several types for a file that is not ONNX
@@ -315,7 +332,7 @@ def read_metadata(onnx_path: Union[str, os.PathLike]) -> dict[str, Any]:
             continue
         try:
             out[prop.key] = json.loads(prop.value)
-        except ValueError:
+        except (ValueError, RecursionError):
             out[prop.key] = prop.value
     if not out:
         raise ExportError(f"{p} has no edgessm.* metadata; it was not written by edgessm export")

@@ -14,11 +14,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 from typing import Iterator, Optional
 
 import numpy as np
 
+from . import fileio
 from .errors import EdgeSSMRuntimeError, RuntimeInputError
 from .latency import measure_floor, measure_latency
 from .session import StreamingSession
@@ -26,10 +26,19 @@ from .session import StreamingSession
 __all__ = ["main", "build_parser"]
 
 _SPLIT = re.compile(r"[,\s]+")
+MAX_BATCH = 1 << 20    # streams; the session also checks the bytes its buffers would take
+MAX_BENCH = 10_000_000  # timed steps: each keeps one float of timing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (not the usage block) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 (argparse's hook)
+        self.exit(2, f"error: {' '.join(message.split())}; see '{self.prog} --help'\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="python -m edgessm.runtime",
         description="Run an edgessm ONNX step graph one time step per call (streaming), or benchmark it.")
     ap.add_argument("model", help="the step graph (.onnx)")
@@ -39,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--chunk", metavar="PATH", help="chunk graph of the same model: whole chunks of a file input use it")
     io.add_argument("--batch", type=int, help="streams per step for .csv/stdin input (each line holds batch * d_input "
                     "numbers); .npy input takes it from the array")
-    io.add_argument("--check-finite", action="store_true", help="reject NaN/Inf inputs")
+    io.add_argument("--check-finite", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1: kept for old scripts
+    io.add_argument("--allow-nonfinite", action="store_true",
+                    help="feed NaN/Inf inputs to the graph instead of stopping (by default each step is checked: one "
+                         "NaN poisons the state of its stream for every later step)")
     rt = ap.add_argument_group("execution")
     rt.add_argument("--provider", default="auto",
                     help="auto (TensorRT > CUDA > CPU), tensorrt, cuda, cpu, or a comma-separated provider list")
@@ -68,27 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _main(args)
+        rc = _main(args)
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the handlers, not at interpreter exit
+        return rc
     except EdgeSSMRuntimeError as e:
         return _fail(str(e))
-    except OSError as e:
-        return _fail(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e))
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # the reader went away (| head): stop quietly
+    except BrokenPipeError:  # the reader went away (| head): stop quietly. Before OSError, its base class
         _silence_stdout()
         return 0
+    except OSError as e:
+        _silence_stdout()  # a full or closed stdout must not raise again at exit
+        return _fail(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else
+                     f"{e.strerror or e} (writing the output)")
+    except KeyboardInterrupt:
+        return 130
     except Exception as e:  # onnxruntime's own errors at run time: one line, not a traceback
         if type(e).__module__.startswith("onnxruntime"):
-            return _fail("onnxruntime: " + " ".join(str(e).split())[:400])
+            from .providers import clean_ort_message
+
+            return _fail("onnxruntime: " + clean_ort_message(str(e)))
         raise
 
 
 def _silence_stdout() -> None:
     # later flushes (at exit) must not raise again on the closed pipe
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _fail(msg: str) -> int:
@@ -101,9 +122,14 @@ def _main(args) -> int:
         raise RuntimeInputError("nothing to do: give --input FILE|-, --bench N or --info")
     if args.bench is not None and args.bench < 1:
         raise RuntimeInputError(f"--bench N needs N >= 1, got {args.bench}")
-    if args.batch is not None and args.batch < 1:
-        raise RuntimeInputError(f"--batch must be >= 1, got {args.batch}")
+    for name, lo, hi in (("batch", 1, MAX_BATCH), ("warmup", 0, MAX_BENCH), ("bench", 1, MAX_BENCH),
+                         ("threads", 1, 1024), ("device_id", 0, 1024)):
+        v = getattr(args, name)
+        if v is not None and not lo <= v <= hi:
+            raise RuntimeInputError(f"--{name.replace('_', '-')} must be an integer in [{lo}, {hi}], got {v}")
     out_kind = _output_kind(args.output) if args.input is not None else None
+    fileio.check_outputs({"model": args.model, "--chunk graph": args.chunk, "--input": args.input},
+                         {"--output": args.output if out_kind not in (None, "-") else None}, RuntimeInputError)
 
     data, has_batch_axis = None, args.batch is not None
     if args.input not in (None, "-") and args.input.lower().endswith(".npy"):
@@ -114,10 +140,15 @@ def _main(args) -> int:
     batch = data.shape[0] if data is not None else (args.batch or 1)
 
     provider = args.provider if "," not in args.provider else [p.strip() for p in args.provider.split(",") if p.strip()]
-    sess = StreamingSession(args.model, provider=provider, batch=batch, threads=args.threads,
-                            cuda_graph=args.cuda_graph, trt_fp16=not args.no_trt_fp16, trt_cache_dir=args.trt_cache,
-                            chunk_path=args.chunk, device_id=args.device_id, io_binding=not args.no_io_binding,
-                            check_finite=args.check_finite, tf32=args.tf32, engine=args.engine)
+    options = dict(provider=provider, threads=args.threads, cuda_graph=args.cuda_graph, trt_fp16=not args.no_trt_fp16,
+                   trt_cache_dir=args.trt_cache, chunk_path=args.chunk, device_id=args.device_id,
+                   io_binding=not args.no_io_binding, check_finite=not args.allow_nonfinite, tf32=args.tf32,
+                   engine=args.engine)
+    sess = StreamingSession(args.model, batch=batch, **options)
+    if data is not None:
+        data, has_batch_axis = _as_model_input(data, has_batch_axis, sess, args.input)
+        if data.shape[0] != sess.batch:  # integer features read as (B, L) tokens at first: one stream after all
+            sess = StreamingSession(args.model, batch=data.shape[0], **options)
     report_to = sys.stderr if (args.input is not None and out_kind == "-") else sys.stdout
 
     if args.info:
@@ -142,10 +173,7 @@ def _main(args) -> int:
 # ------------------------------------------------------------------ input
 def _read_npy(path: str) -> tuple[np.ndarray, bool]:
     """(B, L, d) floats / (B, L) tokens, and whether the file had the batch axis."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise RuntimeInputError(f"{path}: not a numeric .npy array ({e})") from None
+    arr = _load_npy(path)
     if arr.dtype.kind in "iu":  # token ids: (L,) or (B, L)
         if arr.ndim not in (1, 2):
             raise RuntimeInputError(f"{path}: token ids must have shape (L,) or (B, L), got {arr.shape}")
@@ -155,6 +183,63 @@ def _read_npy(path: str) -> tuple[np.ndarray, bool]:
     if arr.ndim not in (2, 3):
         raise RuntimeInputError(f"{path}: features must have shape (L, d_input) or (B, L, d_input), got {arr.shape}")
     return (arr[None] if arr.ndim == 2 else arr), arr.ndim == 3
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """np.load after checking the header against the file: a header may claim 1e12 elements in 100 bytes."""
+    fileio.regular_file(path, "--input", RuntimeInputError)
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                     else np.lib.format.read_array_header_2_0(f))
+            offset = f.tell()
+    except (ValueError, EOFError, OSError) as e:
+        raise RuntimeInputError(f"{path}: not a .npy file ({' '.join(str(e).split())[:120]}); "
+                                "save it with np.save") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise RuntimeInputError(f"{path}: expected float features or integer token ids, got {dtype}")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    need = count * dtype.itemsize
+    if need != size - offset:
+        raise RuntimeInputError(f"{path}: its header says {shape} {dtype} ({need:,} bytes) but the file holds "
+                                f"{size - offset:,} bytes of data; the file is truncated or not written by np.save")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise RuntimeInputError(f"{path}: not a numeric .npy array ({' '.join(str(e).split())[:120]})") from None
+
+
+def _as_model_input(data: np.ndarray, has_batch_axis: bool, sess: StreamingSession, path: str):
+    """Reconcile what _read_npy guessed from the array alone with what the model takes.
+
+    Integer arrays were read as token ids; for a float model an integer (L, d_input) or (B, L, d_input)
+    array is features, and a (L,) or (B, L) one is missing the feature axis (said so with the right L).
+    Returns (data (B, L, ...), has_batch_axis).
+    """
+    spec = sess.input
+    if data.ndim < 2 or data.shape[1] == 0:
+        raise RuntimeInputError(f"{path}: holds no time steps (shape {data.shape[1:] if not has_batch_axis else data.shape}); "
+                                "nothing to run")
+    raw = data[0] if (data.dtype.kind in "iu" and not has_batch_axis) else data
+    if spec.is_tokens:
+        if data.dtype.kind not in "iu":
+            raise RuntimeInputError(f"{path}: the model takes int64 token ids, shape (L,) or (B, L); the file holds "
+                                    f"{data.dtype} {tuple(raw.shape)}: save token ids as an integer array")
+        return data, has_batch_axis
+    d = spec.shape[-1] if spec.shape else 1
+    if data.dtype.kind in "iu":
+        if raw.ndim in (2, 3) and raw.shape[-1] == d:  # integer-valued features
+            feats = raw.astype(spec.dtype)
+            return (feats[None] if feats.ndim == 2 else feats), feats.ndim == 3
+        L = raw.shape[-1]
+        want = f"({L}, {d})" + (f" or ({raw.shape[0]}, {L}, {d})" if raw.ndim == 2 else "")
+        raise RuntimeInputError(f"{path}: holds integer token ids of shape {tuple(raw.shape)}, but the model takes "
+                                f"{spec.dtype.name} features, d_input={d} per step: save an array of shape {want}")
+    return data, has_batch_axis
 
 
 def _parse_line(line: str, where: str, sess: StreamingSession) -> Optional[np.ndarray]:
@@ -181,9 +266,10 @@ def _parse_line(line: str, where: str, sess: StreamingSession) -> Optional[np.nd
 
 
 def _read_text(path: str, sess: StreamingSession) -> np.ndarray:
-    steps = []
+    steps = _Steps()
+    fileio.regular_file(path, "--input", RuntimeInputError)
     with open(path, "r", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+        for n, line in enumerate(_lines(f, sess, path), 1):
             try:
                 x = _parse_line(line, f"{path}:{n}", sess)
             except RuntimeInputError:
@@ -192,9 +278,37 @@ def _read_text(path: str, sess: StreamingSession) -> np.ndarray:
                 raise
             if x is not None:
                 steps.append(x)
-    if not steps:
+    if not len(steps):
         raise RuntimeInputError(f"{path}: no data rows")
-    return np.stack(steps, axis=1)  # (B, L, ...)
+    return steps.array()  # (B, L, ...)
+
+
+class _Steps:
+    """Per-step arrays (B, ...) gathered into one (B, L, ...) array that doubles as it fills.
+
+    A list of small arrays costs ~100 bytes of Python objects per step: a 200 MB text file of one
+    number per line held that way is ~10 GB. Here memory stays within 2x the numbers themselves.
+    """
+
+    def __init__(self):
+        self._buf: Optional[np.ndarray] = None
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, x: np.ndarray) -> None:
+        if self._buf is None:
+            self._buf = np.empty((x.shape[0], 64, *x.shape[1:]), x.dtype)
+        elif self._n == self._buf.shape[1]:
+            grown = np.empty((self._buf.shape[0], 2 * self._n, *self._buf.shape[2:]), self._buf.dtype)
+            grown[:, :self._n] = self._buf
+            self._buf = grown
+        self._buf[:, self._n] = x
+        self._n += 1
+
+    def array(self) -> np.ndarray:
+        return self._buf[:, :self._n]
 
 
 # ------------------------------------------------------------------ output
@@ -203,10 +317,8 @@ def _output_kind(path: str) -> str:
         return "-"
     low = path.lower()
     for ext in (".npy", ".csv"):
-        if low.endswith(ext):
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise RuntimeInputError(f"--output {path}: folder {folder} does not exist")
+        if low.endswith(ext):  # checked before any input is read: a stdin run must not fail at its end
+            fileio.check_writable(path, "--output", RuntimeInputError)
             return ext
     raise RuntimeInputError(f"--output {path}: use a .npy or .csv file, or - for stdout")
 
@@ -227,27 +339,20 @@ def _write(path: str, kind: str, ys: np.ndarray, has_batch_axis: bool, as_json: 
             out.write((_json_row(t, ys[:, t]) if as_json else _fmt_row(ys[:, t])) + "\n")
         out.flush()
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if kind == ".npy" else "w") as f:
+    with fileio.atomic_write(path, "--output", RuntimeInputError) as tmp:
+        with open(tmp, "wb" if kind == ".npy" else "w") as f:
             if kind == ".npy":
                 np.save(f, ys if has_batch_axis else ys[0])
             else:
                 for t in range(ys.shape[1]):
                     f.write(_fmt_row(ys[:, t]) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _stream_stdin(sess: StreamingSession, args, kind: str, has_batch_axis: bool) -> int:
     """One step per stdin line. To stdout: print and flush each output as it comes (live sensors)."""
-    ys = []
+    ys = _Steps()
     t = 0
-    for n, line in enumerate(_lines(sys.stdin), 1):
+    for n, line in enumerate(_lines(sys.stdin, sess, "stdin"), 1):
         x = _parse_line(line, f"stdin line {n}", sess)
         if x is None:
             continue
@@ -263,20 +368,37 @@ def _stream_stdin(sess: StreamingSession, args, kind: str, has_batch_axis: bool)
             ys.append(y)
         t += 1
     if kind != "-":
-        if not ys:
+        if not len(ys):
             raise RuntimeInputError("stdin: no data lines")
-        all_ys = np.stack(ys, axis=1)
+        all_ys = ys.array()
         _write(args.output, kind, all_ys, has_batch_axis, args.json)
         _summary(args, sess, all_ys)
     return 0
 
 
-def _lines(f) -> Iterator[str]:
-    while True:  # readline returns as soon as a line is there (a for loop may read ahead on some streams)
-        line = f.readline()
-        if not line:
-            return
-        yield line
+def _line_limit(sess: StreamingSession) -> int:
+    """Characters one line may hold: 64 per value (far beyond any printed float) plus room for a comment."""
+    per = int(np.prod(sess.input.shape)) if sess.input.shape else 1
+    return 64 * sess.batch * per + 4096
+
+
+def _lines(f, sess: StreamingSession, where: str) -> Iterator[str]:
+    """Lines of bounded length (2 GB without a newline must not be read into memory), decoded as UTF-8.
+
+    readline returns as soon as a line is there (a for loop may read ahead on some streams).
+    """
+    limit = _line_limit(sess)
+    n = 0
+    try:
+        for line in fileio.iter_lines(f, limit):
+            n += 1
+            yield line
+    except ValueError as e:  # UnicodeDecodeError is a ValueError too
+        if isinstance(e, UnicodeDecodeError):
+            raise RuntimeInputError(f"{where} line {n + 1}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                                    "write numbers as plain text, or use a .npy file") from None
+        raise RuntimeInputError(f"{where} line {n + 1}: {e} (batch {sess.batch} needs far fewer); one step per "
+                                "line, values separated by commas or spaces") from None
 
 
 def _summary(args, sess: StreamingSession, ys: np.ndarray) -> None:

@@ -92,7 +92,7 @@ def parse_metadata(custom: dict[str, str]) -> dict[str, Any]:
             continue
         try:
             out[key] = json.loads(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):  # not JSON (or nested absurdly deep): keep the text
             out[key] = raw
     return out
 
@@ -209,6 +209,14 @@ def _order_states(states: list[StateSpec]) -> list[StateSpec]:
     return sorted(states, key=key)
 
 
+def _shape_of(v: Any, where: str, path: str) -> tuple[int, ...]:
+    """A metadata shape: a list of non-negative integers (metadata is text anyone can edit)."""
+    if not isinstance(v, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v):
+        raise RuntimeModelError(f"{path}: metadata {where} is {json.dumps(v)[:60]}, not a list of sizes; "
+                                "re-export the model")
+    return tuple(v)
+
+
 def _check_against_metadata(states, meta, x_spec, y_spec, path) -> list[StateSpec]:
     """Cross-check the optional metadata against the signature; attach state layouts."""
     layouts: dict[str, str] = {}
@@ -217,14 +225,14 @@ def _check_against_metadata(states, meta, x_spec, y_spec, path) -> list[StateSpe
         by_name = {s.input: s for s in states}
         names = []
         for entry in declared:
-            if not isinstance(entry, dict) or "input" not in entry:
+            if not isinstance(entry, dict) or not isinstance(entry.get("input"), str):
                 raise RuntimeModelError(f"{path}: edgessm.states entries must be objects with an 'input' key; got {entry!r}")
             name = entry["input"]
             names.append(name)
             if name not in by_name:
                 raise RuntimeModelError(f"{path}: edgessm.states declares {name!r} but the graph has no such input "
                                         f"(graph states: {sorted(by_name)})")
-            if "shape" in entry and tuple(entry["shape"]) != by_name[name].shape:
+            if "shape" in entry and _shape_of(entry["shape"], f"edgessm.states[{name!r}].shape", path) != by_name[name].shape:
                 raise RuntimeModelError(f"{path}: edgessm.states says {name!r} has shape {list(entry['shape'])} "
                                         f"but the graph says {list(by_name[name].shape)}")
             if "output" in entry and entry["output"] != by_name[name].output:
@@ -236,7 +244,7 @@ def _check_against_metadata(states, meta, x_spec, y_spec, path) -> list[StateSpe
             raise RuntimeModelError(f"{path}: graph states {missing} are not declared in edgessm.states")
     for key, spec in (("edgessm.input", x_spec), ("edgessm.output", y_spec)):
         decl = meta.get(key)
-        if isinstance(decl, dict) and "shape" in decl and tuple(decl["shape"]) != spec.shape:
+        if isinstance(decl, dict) and "shape" in decl and _shape_of(decl["shape"], f"{key}.shape", path) != spec.shape:
             raise RuntimeModelError(f"{path}: {key} says shape {list(decl['shape'])} but the graph's "
                                     f"{spec.name!r} has {list(spec.shape)}")
     return [StateSpec(s.input, s.output, s.shape, s.dtype, layouts.get(s.input, "")) for s in states]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -87,6 +89,10 @@ def plan_providers(provider: ProviderArg = "auto", *, available: Optional[Sequen
                    device_id: int = 0, cuda_graph: bool = False, trt_fp16: bool = True,
                    trt_cache_dir: Optional[str] = None, tf32: bool = False) -> ProviderPlan:
     """Turn the user's provider choice into onnxruntime's ``providers=`` list."""
+    if not isinstance(provider, (str, list, tuple)):
+        raise RuntimeInputError(f"provider {provider!r} must be 'auto', 'tensorrt', 'cuda', 'cpu' or a list of names")
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise RuntimeInputError(f"device_id {device_id!r} must be a non-negative integer (the GPU index)")
     if available is None:
         available = _ort().get_available_providers()
     available = list(available)
@@ -149,10 +155,86 @@ def session_options(threads: Optional[int] = None, log_level: int = 3):
     return so
 
 
+@contextlib.contextmanager
+def _captured_stderr_fd():
+    """onnxruntime's C++ logger writes provider load failures (coloured, several lines) straight to fd 2.
+
+    Capture fd 2 for the duration of session creation: the user sees one line from us, with the reason
+    taken from that log, and nothing else. Yields a callable returning the captured text.
+    """
+    import tempfile
+
+    fd = 2  # the C++ logger writes to fd 2 whatever sys.stderr is
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no fd 2 (a daemon): nothing reaches a user anyway
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        os.dup2(buf.fileno(), fd)
+        text = [""]
+        try:
+            yield lambda: text[0]
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+        buf.seek(0)
+        text[0] = buf.read(1 << 16).decode("utf-8", "replace")
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_SOURCE_LOC = re.compile(r"/\S+\.(?:cc|cpp|h):\d+ ")                       # /onnxruntime_src/...model.cc:256
+_CXX_SIG = re.compile(r"(?:(?:void|bool|int|auto|static) )?[\w:~<>]+::[\w~<>]+\((?:[^()]|\([^()]*\))*\)(?: const)? ")  # ns::Fn(args)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def clean_ort_message(msg: str, limit: int = 400) -> str:
+    """onnxruntime's exception text without its prefix, source locations and C++ signatures, on one line.
+
+    The cause ("Unsupported model IR version: 14, max supported IR version: 13") is at the end of a
+    message whose first 300 characters are a file path and a function signature: keep the end.
+    """
+    text = " ".join(_ANSI.sub("", str(msg)).split())
+    text = _ORT_PREFIX.sub("", text)
+    text = _SOURCE_LOC.sub(" ", text)
+    text = _CXX_SIG.sub("", text)
+    if len(text) > limit:
+        text = text[: limit // 4] + " ... " + text[-(limit - limit // 4 - 5):]
+    return text
+
+
+def _load_hint(text: str) -> str:
+    ver = _ort().__version__
+    if "IR version" in text or re.search(r"[Oo]pset \d+", text):
+        return (f"; the graph is newer than this onnxruntime {ver}: upgrade onnxruntime on this device "
+                "or export with an older --opset (docs/jetson.md)")
+    return ""
+
+
+def _provider_failure(log: str) -> str:
+    """The reason in onnxruntime's provider-load log: the missing library and the versions it needs."""
+    text = " ".join(_ANSI.sub("", log).split())
+    parts = []
+    m = re.search(r"with error: (\S+: cannot open shared object file)", text)
+    if m:
+        parts.append(m.group(1))
+    m = re.search(r"Require ([^.]*\d\.\*(?: and [^.]*\d\.\*)?)", text)
+    if m:
+        parts.append(f"this onnxruntime build needs {m.group(1)}")
+    if not parts and "Please install" in text:
+        parts.append(_fallback_reason(text))
+    return "; ".join(parts)
+
+
 def create_session(model: Union[str, bytes], plan: ProviderPlan, so, label: str = "model"):
     """Create the InferenceSession; turn load failures into one-line RuntimeModelError and check fallback.
 
-    Returns (session, fallback_note or None).
+    Returns (session, fallback_note or None). The note is short: for "auto" it says that the GPU
+    providers could not load; a strict request that fell back is an error with the reason.
     """
     ort = _ort()
     if isinstance(model, (str, os.PathLike)):
@@ -162,32 +244,29 @@ def create_session(model: Union[str, bytes], plan: ProviderPlan, so, label: str 
         if not os.path.isfile(model):
             raise RuntimeModelError(f"model path is not a file: {model}")
     captured = io.StringIO()
-    if not plan.strict:
-        # "auto" probes GPU providers that may be absent: their library-load failures go to onnxruntime's
-        # global logger at ERROR level. The outcome is reported as `fallback` instead, so keep stderr clean.
-        ort.set_default_logger_severity(4)
     try:
-        # onnxruntime prints its provider-fallback notice to stdout: keep stdout clean for piped outputs
-        with contextlib.redirect_stdout(captured):
+        # onnxruntime prints its provider-fallback notice to stdout (keep stdout clean for piped outputs)
+        # and its C++ log to fd 2: both are read for the reason, neither reaches the user as is
+        with _captured_stderr_fd() as log, contextlib.redirect_stdout(captured):
             sess = ort.InferenceSession(model, sess_options=so, providers=plan.providers)
     except Exception as e:  # onnxruntime raises its own (pybind) exception types
         msg = " ".join(str(e).split())
         kind = type(e).__name__
         if "Protobuf parsing failed" in msg or "INVALID_PROTOBUF" in kind or "InvalidProtobuf" in kind:
             raise RuntimeModelError(f"{label}: not an ONNX model (protobuf parsing failed)") from None
-        raise RuntimeModelError(f"{label}: onnxruntime could not load it: {msg[:300]}") from None
-    finally:
-        if not plan.strict:
-            ort.set_default_logger_severity(2)  # onnxruntime's default (WARNING)
+        text = clean_ort_message(msg)
+        raise RuntimeModelError(f"{label}: onnxruntime could not load it: {text}{_load_hint(text)}") from None
     used = sess.get_providers()
     fallback = None
     if plan.primary not in used:
-        reason = _fallback_reason(captured.getvalue())
-        fallback = (f"requested {plan.primary} but onnxruntime is running {', '.join(used)}"
-                    + (f" ({reason})" if reason else " (provider failed to load; see the onnxruntime log on stderr)"))
+        reason = _provider_failure(log() + " " + captured.getvalue())
         if plan.strict:
-            raise RuntimeProviderError(fallback + "; install the GPU libraries (CUDA, cuDNN, TensorRT) that match "
-                                       "this onnxruntime-gpu build, or use --provider cpu")
+            raise RuntimeProviderError(
+                f"requested {plan.primary} but onnxruntime could not load it" + (f" ({reason})" if reason else "")
+                + "; install the GPU libraries (CUDA, cuDNN, TensorRT) that match this onnxruntime-gpu build, "
+                "or use --provider cpu")
+        gpus = [p for p, _ in plan.providers if p in _GPU and p not in used]
+        fallback = f"auto: {', '.join(gpus)} not loadable here, running {used[0]}"
     return sess, fallback
 
 

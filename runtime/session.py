@@ -31,6 +31,7 @@ buffers, so the CPU tests exercise the GPU path's state logic.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional, Sequence, Union
 
@@ -44,6 +45,14 @@ __all__ = ["StreamingSession", "ENGINES"]
 
 ENGINES = ("auto", "fused", "onnxruntime")
 ENGINE_ENV = "EDGESSM_ENGINE"
+
+# State + IO buffers a session may allocate (both ping-pong sets, all streams) unless
+# EDGESSM_MAX_STATE_BYTES says otherwise. An edgessm graph needs 2 x 4 bytes x H x 2N per layer per
+# stream: 4 x 128 x 64 is 0.5 MiB, so 1 GiB is 2000 such streams; a foreign graph declaring a
+# 20000 x 20000 state (3.2 GB) is refused before onnxruntime allocates it.
+def _max_buffer_bytes() -> int:
+    raw = os.environ.get("EDGESSM_MAX_STATE_BYTES", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 1 << 30
 
 # gpu_graph_id values for the two ping-pong directions (onnxruntime reserves 0, -1 disables capture)
 GRAPH_IDS = ("1", "2")
@@ -59,6 +68,15 @@ def _ort():
 # merged March 2024): believed to ship from 1.18; older versions would ignore the id and replay one
 # graph for both ping-pong directions (wrong state), hence the gate and the start-up self-check.
 MIN_ORT_CUDA_GRAPH_IDS = (1, 18)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """Whether every value is finite. A step's input is usually a handful of numbers: for those a Python
+    loop over x.tolist() takes ~0.3-0.4 us where np.isfinite(x).all() takes ~2 us (two numpy calls and
+    a temporary), measured on this CPU; larger inputs take the numpy path (docs/latency.md)."""
+    if x.size <= 16:
+        return all(map(math.isfinite, x.ravel().tolist()))
+    return bool(np.isfinite(x).all())
 
 
 def _shape_str(shape) -> str:
@@ -217,7 +235,9 @@ class StreamingSession:
         large products, ~1e-3 relative error; off by default, onnxruntime's own default is on).
     chunk_path: optional chunk graph (same states) that ``run`` uses for whole chunks of T steps.
     io_binding: keep states in bound device buffers (default); False uses plain ``session.run``.
-    check_finite: reject NaN/Inf inputs (costs a pass over each input).
+    check_finite: reject NaN/Inf inputs (default): one NaN in a step poisons its stream's state for every
+        later step, silently. The check costs well under 1 us for a few input values, a few us for
+        large batches (bench/finite_check.py, docs/latency.md); False skips it.
     verify_cuda_graph: with cuda_graph, compare the captured graphs with eager runs once at start.
     engine: "auto" (the fused C engine where it runs: CPU provider, IO binding, no CUDA graph; else
         onnxruntime), "fused" (RuntimeProviderError if it cannot run) or "onnxruntime". ``engine`` says
@@ -230,10 +250,12 @@ class StreamingSession:
     def __init__(self, model: Union[str, os.PathLike, bytes], provider: ProviderArg = "auto", batch: int = 1,
                  threads: Optional[int] = None, cuda_graph: bool = False, trt_fp16: bool = True,
                  trt_cache_dir: Optional[str] = None, *, chunk_path: Optional[Union[str, os.PathLike]] = None,
-                 device_id: int = 0, io_binding: bool = True, check_finite: bool = False,
+                 device_id: int = 0, io_binding: bool = True, check_finite: bool = True,
                  verify_cuda_graph: bool = True, log_level: int = 3, tf32: bool = False, engine: str = "auto"):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RuntimeInputError(f"batch must be a positive integer (number of streams), got {batch!r}")
+        if isinstance(device_id, bool) or not isinstance(device_id, (int, np.integer)) or device_id < 0:
+            raise RuntimeInputError(f"device_id must be a non-negative integer (the GPU index), got {device_id!r}")
         if cuda_graph and not io_binding:
             raise RuntimeInputError("cuda_graph=True needs io_binding=True (captured graphs need fixed buffers)")
         self.batch = int(batch)
@@ -257,6 +279,7 @@ class StreamingSession:
             raise RuntimeModelError(f"{self.model_label} is a {self.spec.kind} graph; pass the step graph as the "
                                     "model and this file as chunk_path (--chunk)")
         self._check_batch(self.spec, self.model_label)
+        self._check_buffer_bytes(self.spec, self.model_label)
         self.providers: list[str] = self._sess.get_providers()
         self.device = "cuda" if self.providers[0] in (CUDA, TRT) else "cpu"
         if self.cuda_graph and self.providers[0] != CUDA:
@@ -290,7 +313,7 @@ class StreamingSession:
         x = self.spec.input
         self._x_shape = (self.batch, *x.shape)
         self._x_dtype = x.dtype
-        self._fast_ok = not (self.check_finite or x.is_tokens)  # tokens always get the range check
+        self._fast_ok = not x.is_tokens  # tokens always get the range check
         self._t = 0                                     # steps taken by the session
         self._reset_at = np.zeros(self.batch, np.int64)  # self._t at each stream's last reset
 
@@ -454,6 +477,20 @@ class StreamingSession:
             raise RuntimeInputError(f"{label} was exported with a fixed batch of {spec.batch_dim}; "
                                     f"create the session with batch={spec.batch_dim}")
 
+    def _check_buffer_bytes(self, spec: GraphSpec, label: str) -> None:
+        """Refuse before allocating: a graph may declare a 20000 x 20000 state, a caller ask for 1e9 streams."""
+        per_stream = sum(2 * int(np.prod(s.shape, dtype=np.float64)) * s.dtype.itemsize for s in spec.states)  # ping-pong
+        per_stream += int(np.prod(spec.input.shape, dtype=np.float64)) * spec.input.dtype.itemsize
+        per_stream += int(np.prod(spec.output.shape, dtype=np.float64)) * spec.output.dtype.itemsize
+        need = per_stream * self.batch
+        limit = _max_buffer_bytes()
+        if need > limit:
+            biggest = max(spec.states, key=lambda s: np.prod(s.shape, dtype=np.float64), default=None)
+            what = f"; its largest state {biggest.input} is {list(biggest.shape)} per stream" if biggest else ""
+            raise RuntimeInputError(f"{label}: {self.batch} stream(s) need {need / 2**30:.3g} GiB of state and IO "
+                                    f"buffers, over the limit of {limit / 2**30:.3g} GiB{what}; lower the batch, check "
+                                    "that the graph is an edgessm step graph, or raise EDGESSM_MAX_STATE_BYTES")
+
     def _check_chunk(self, c: GraphSpec, label: str) -> None:
         s = self.spec
         if c.kind != "chunk":
@@ -471,6 +508,8 @@ class StreamingSession:
         """Validate an input against the graph and return a contiguous array of the graph's dtype."""
         if type(x) is np.ndarray and not sequence and x.dtype == self._x_dtype and x.shape == self._x_shape \
                 and self._fast_ok:
+            if self.check_finite and not _all_finite(x):
+                self._nonfinite(x, sequence=False)
             return x if x.flags.c_contiguous else np.ascontiguousarray(x)  # the hot path: nothing to convert
         spec = self.spec.input
         name = spec.name
@@ -481,7 +520,15 @@ class StreamingSession:
         lead = (self.batch,)
         if sequence:
             n_inner = len(spec.shape)
-            L = arr.shape[1] if arr.ndim == n_inner + 2 else arr.shape[0] if arr.ndim == n_inner + 1 else "L"
+            if arr.ndim == n_inner + 2:
+                L = arr.shape[1]
+            elif arr.ndim == n_inner + 1 and arr.ndim >= 2:  # one axis short: the batch, or the features
+                missing_batch = bool(spec.shape) and arr.shape[-1] == spec.shape[-1]
+                L = arr.shape[0] if missing_batch else arr.shape[1]
+            elif arr.ndim == n_inner + 1:
+                L = arr.shape[0]
+            else:
+                L = "L"
             lead = (self.batch, L)
             what = "(batch, L" + (", d_input)" if spec.shape else ") token ids")
         else:
@@ -503,9 +550,18 @@ class StreamingSession:
             if arr.dtype.kind != "f":
                 raise RuntimeInputError(f"input {name!r}: expected {spec.dtype.name} features, got {arr.dtype.name}; "
                                         f"convert with x.astype(np.{spec.dtype.name})")
-            if self.check_finite and not np.all(np.isfinite(arr)):
-                raise RuntimeInputError(f"input {name!r} contains NaN or Inf")
+            if self.check_finite and not _all_finite(arr):
+                self._nonfinite(arr, sequence)
         return np.ascontiguousarray(arr, dtype=spec.dtype)
+
+    def _nonfinite(self, arr: np.ndarray, sequence: bool) -> None:
+        """Raise naming the first NaN/Inf's stream and step."""
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        b, t = int(bad[0]), (int(bad[1]) if sequence else 0)
+        step = int(self.steps[b]) + t
+        raise RuntimeInputError(f"input {self.spec.input.name!r} has NaN/Inf at stream {b}, step {step}: it would "
+                                "poison that stream's state for every later step; clean the input, or pass "
+                                "check_finite=False (--allow-nonfinite) to run it anyway")
 
     def _shape_fix(self, got, want, sequence: bool) -> str:
         b, inner = self.batch, tuple(self.spec.input.shape)

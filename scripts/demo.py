@@ -6,6 +6,9 @@ latency benchmark beside the PyTorch eager step) -> one table.
 
 Environment: DEMO_DIR (output folder, default demo_out), BIN (the venv's bin folder),
 DEMO_FAST=1 (a 2-minute smoke version with fewer epochs, for CI of the demo itself).
+
+``python scripts/demo.py latency`` runs only the last line (the latency comparison), three times, on an
+untrained model of the demo's rank-8 shape (4 x 64 x 8): step latency does not depend on the weights.
 """
 from __future__ import annotations
 
@@ -84,11 +87,7 @@ def main() -> None:
        "--output", str(OUT / "runtime_y.npy"))
     y_rt = np.load(OUT / "runtime_y.npy")  # (B L O)
     rt_acc = float(np.mean(y_rt[:, -1].argmax(-1) == data.y_test))
-    bench = json.loads(sh(sys.executable, "-m", "edgessm.runtime", str(onnx), "--bench", "3000", "--threads", "1",
-                          "--json", capture=True))
-    p50 = bench["step"]["p50_us"]
-    floor_p50 = (bench.get("floor") or {}).get("p50_us")
-    torch_p50 = torch_step_latency(tuned)
+    lat_line = latency_line(onnx, tuned)
 
     ssm_nodes = r_exp["node_counts"]["step"].get("total")
     rows = [
@@ -111,12 +110,39 @@ def main() -> None:
           f"measured {['%.3g' % m for m in meas]}, all bounds hold: {r_comp['bounds_hold']}")
     print(f"export: {ssm_nodes} nodes, {r_exp['file_sizes']['step']:,} bytes, parity "
           + ", ".join(f"{k} rel {v['rel']:.1e}" for k, v in r_exp["parity"]["step"].items()))
-    lat_line = f"step latency (batch 1, 1 thread, p50): runtime {bench['providers'][0]} {p50:.1f} us"
-    if floor_p50:
-        lat_line += f" (one-node floor {floor_p50:.1f} us, {p50 / floor_p50:.1f}x)"
-    lat_line += f"; PyTorch eager step {torch_p50:.1f} us ({torch_p50 / p50:.1f}x the runtime's)"
     print(lat_line)
 
 
+def latency_line(onnx: Path, ckpt: Path) -> str:
+    """The runtime's step (its own --bench, one thread) beside the PyTorch eager step of the same model."""
+    bench = json.loads(sh(sys.executable, "-m", "edgessm.runtime", str(onnx), "--bench", "3000", "--threads", "1",
+                          "--json", capture=True))
+    p50 = bench["step"]["p50_us"]
+    floor_p50 = (bench.get("floor") or {}).get("p50_us")
+    torch_p50 = torch_step_latency(ckpt)
+    line = f"step latency (batch 1, 1 thread, p50): runtime {bench['providers'][0]} {p50:.1f} us"
+    if floor_p50:
+        line += f" (one-node floor {floor_p50:.1f} us, {p50 / floor_p50:.1f}x)"
+    return line + f"; PyTorch eager step {torch_p50:.1f} us ({torch_p50 / p50:.1f}x the runtime's)"
+
+
+def latency_only(repeats: int = 3) -> None:
+    """`python scripts/demo.py latency`: the demo's latency line on a rank-8-shaped model, ``repeats`` times."""
+    import torch
+
+    import edgessm
+    from edgessm.config import ModelConfig
+    from edgessm.export import export_onnx
+    from edgessm.model import SSMModel
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    ckpt, onnx = OUT / f"latency-rank{RANK}.safetensors", OUT / f"latency-rank{RANK}.onnx"
+    torch.manual_seed(0)
+    edgessm.save(SSMModel(ModelConfig(d_input=1, d_output=10, layer_d_state=[RANK] * 4)), ckpt)
+    export_onnx(edgessm.load(ckpt), onnx, verify_steps=40)
+    lines = [latency_line(onnx, ckpt) for _ in range(repeats)]
+    print("\n" + "\n".join(lines))
+
+
 if __name__ == "__main__":
-    main()
+    latency_only() if sys.argv[1:] == ["latency"] else main()

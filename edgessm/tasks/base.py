@@ -13,6 +13,7 @@ Layout (the training loop, the model and the step graph rely on it):
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -20,9 +21,29 @@ import numpy as np
 
 from ..errors import TaskError
 
-__all__ = ["TaskData", "split_validation", "TASK_TYPES"]
+__all__ = ["TaskData", "split_validation", "TASK_TYPES", "MAX_CLASSES", "check_task_bytes", "max_task_bytes"]
 
 TASK_TYPES = ("classification", "regression")
+
+# The memory a task's arrays may take once loaded (training then holds them as tensors, with copies for
+# the validation split): a limit checked from array headers and option values before anything is read
+# or generated, so a zip bomb or max_len=1e9 is one line, not an out-of-memory kill.
+DEFAULT_MAX_BYTES = 2 << 30
+MAX_CLASSES = 1 << 16  # classification outputs: a label of 1e9 must not build a 1e9-wide decoder
+
+
+def max_task_bytes() -> int:
+    """EDGESSM_MAX_DATA_BYTES (bytes) or 2 GiB."""
+    raw = os.environ.get("EDGESSM_MAX_DATA_BYTES", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_BYTES
+
+
+def check_task_bytes(label: str, nbytes: float, what: str) -> None:
+    """TaskError when ``nbytes`` of arrays would exceed :func:`max_task_bytes`."""
+    limit = max_task_bytes()
+    if nbytes > limit:
+        raise TaskError(f"{label}: {what} would take {nbytes / 2**30:.3g} GiB in memory, over the limit of "
+                        f"{limit / 2**30:.3g} GiB; use less data, or raise EDGESSM_MAX_DATA_BYTES if the machine has it")
 
 
 @dataclass

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+from ..runtime.fileio import atomic_write
 
 __all__ = ["cache_dir", "cache_key", "cached_arrays"]
 
@@ -48,17 +49,11 @@ def _read(path: Path) -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Through the one atomic writer (runtime/fileio.py): mode 0666 & ~umask, never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_write(path, "task cache file", OSError) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays, **{_META: np.array(json.dumps(meta, sort_keys=True))})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should be readable like any file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def cached_arrays(

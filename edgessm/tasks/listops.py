@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import TaskError
-from .base import TaskData
+from .base import TaskData, check_task_bytes
 from .cache import cached_arrays
 
 __all__ = [
@@ -265,9 +265,9 @@ def _pad(seqs: Sequence[Sequence[int]], L: int) -> tuple[np.ndarray, np.ndarray]
     return x, lengths
 
 
-def _check_int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise TaskError(f"listops {name}={v!r} must be an integer >= {lo}")
+def _check_int(name: str, v: Any, lo: int, hi: int = 1 << 20) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise TaskError(f"listops {name}={v!r} must be an integer in [{lo}, {hi}]")
     return int(v)
 
 
@@ -299,6 +299,9 @@ def load_listops(seed: int = 0, num_train: int = 20000, num_test: int = 2000, ma
     max_args = _check_int("max_args", max_args, 2)
     if min_len > max_len:
         raise TaskError(f"listops min_len={min_len} exceeds max_len={max_len}")
+    # the int64 token arrays training holds (generation and the uint8 cache take less)
+    check_task_bytes("listops", 8.0 * (num_train + num_test) * max_len,
+                     f"{num_train + num_test} sequences of max_len={max_len} tokens")
     gen = {"num_train": num_train, "num_test": num_test, "max_len": max_len, "min_len": min_len,
            "max_depth": max_depth, "max_args": max_args, "operator_p": OPERATOR_P}
     spec = {"version": GENERATOR_VERSION, "seed": int(seed), **gen}
@@ -397,6 +400,8 @@ def load_lra_listops(directory: str, seed: int = 0, max_len: Optional[int] = Non
         data = {k: _read_tsv(p) for k, p in paths.items()}
         longest = max(len(s) for seqs, _ in data.values() for s in seqs)
         L = longest if max_len is None else max_len
+        n = sum(len(seqs) for seqs, _ in data.values())
+        check_task_bytes(f"lra-listops:{directory}", 8.0 * n * L, f"{n} sequences padded to max_len={L}")
         out: dict[str, np.ndarray] = {}
         dropped = {}
         for k, (seqs, labels) in data.items():

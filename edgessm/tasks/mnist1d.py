@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TaskError
-from .base import TaskData
+from .base import TaskData, check_task_bytes
 from .cache import cached_arrays
 
 __all__ = ["load_mnist1d", "OPTIONS"]
@@ -69,6 +69,8 @@ def load_mnist1d(seed: int = 0, num_samples: int = 5000, cache: bool = True) -> 
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 20:
         raise TaskError(f"mnist1d num_samples={num_samples!r} must be an integer >= 20 "
                         "(10 classes, split 80/20 into train/test)")
+    # 40 steps of float32 per sample, plus mnist1d's own float64 working copies (~4x)
+    check_task_bytes("mnist1d", 4 * 8.0 * 40 * num_samples, f"num_samples={num_samples}")
     try:
         import mnist1d  # noqa: F401
     except ImportError:

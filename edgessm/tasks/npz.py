@@ -23,7 +23,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import TaskError
-from .base import TASK_TYPES, TaskData
+from ..runtime.fileio import regular_file
+from .base import MAX_CLASSES, TASK_TYPES, TaskData, check_task_bytes
 
 __all__ = ["load_npz", "OPTIONS"]
 
@@ -31,10 +32,41 @@ OPTIONS = {"task_type": None, "vocab_size": None, "num_classes": None, "test_fra
 KNOWN_ARRAYS = ("x", "y", "x_test", "y_test", "lengths", "lengths_test")
 
 
+def _member_sizes(path: Path, name: str, how: str) -> None:
+    """Every member's npy header against its zip entry and the memory limit, before any array is read.
+
+    numpy allocates what a member's header declares; zip stores what the entry's size says. A zip bomb
+    (5 GB of zeros in a few MB) or a header claiming more than the entry holds is refused here.
+    """
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # not a zip: np.load below says what it is
+    total = 0
+    with zf:
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            try:
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(f))
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+                raise TaskError(f"{name}: member '{key}' of {path} is not a .npy array; {how}") from None
+            need = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if need > info.file_size:
+                raise TaskError(f"{name}: array '{key}' claims shape {shape} ({need:.3g} bytes) but its entry holds "
+                                f"{info.file_size} bytes; the file is damaged: rewrite it")
+            total += need
+    check_task_bytes(name, total, f"the arrays in {path}")
+
+
 def _read(path: Path, name: str) -> dict[str, np.ndarray]:
     how = "save with np.savez(path, x=..., y=...)"
-    if not path.is_file():
+    if not path.exists():
         raise TaskError(f"{name}: file not found ({path}); give the path of an .npz file ({how})")
+    regular_file(path, f"{name}: path", TaskError, f"give the path of an .npz file ({how})")
+    _member_sizes(path, name, how)
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -66,7 +98,20 @@ def _numeric(name: str, key: str, a: np.ndarray) -> None:
         raise TaskError(f"{name}: array '{key}' has dtype {a.dtype}; it must be numeric (int, float or bool)")
 
 
+def _as_float32(name: str, key: str, a: np.ndarray) -> np.ndarray:
+    """float32 copy; values beyond float32's range (1e300 in a float64 file) would become Inf."""
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32)
+    if not np.isfinite(out).all():
+        big = float(np.max(np.abs(a.astype(np.float64))))
+        raise TaskError(f"{name}: array '{key}' has values up to {big:.3g}, beyond float32's range (3.4e38): "
+                        "they would train as Inf; rescale the data")
+    return out
+
+
 def _prepare_x(name: str, key: str, x: np.ndarray, vocab_size: int) -> np.ndarray:
+    if x.ndim < 2:
+        raise TaskError(f"{name}: array '{key}' must be (n, L) or (n, L, d_input), got shape {x.shape}")
     if x.shape[0] == 0:
         raise TaskError(f"{name}: array '{key}' has no examples")
     if vocab_size > 0:
@@ -83,7 +128,7 @@ def _prepare_x(name: str, key: str, x: np.ndarray, vocab_size: int) -> np.ndarra
         raise TaskError(f"{name}: array '{key}' must be (n, L) or (n, L, d_input), got shape {x.shape}")
     if x.shape[1] == 0 or x.shape[2] == 0:
         raise TaskError(f"{name}: array '{key}' has an empty axis, shape {x.shape}")
-    return x.astype(np.float32)
+    return _as_float32(name, key, x)
 
 
 def _prepare_lengths(name: str, key: str, lengths: Optional[np.ndarray], n: int, L: int) -> Optional[np.ndarray]:
@@ -108,9 +153,18 @@ def load_npz(path: str, seed: int = 0, task_type: Optional[str] = None, vocab_si
     name = f"npz:{path}"
     if task_type is not None and task_type not in TASK_TYPES:
         raise TaskError(f"{name}: task_type={task_type!r} is not one of {', '.join(TASK_TYPES)}")
-    vocab = int(vocab_size or 0)
-    if vocab < 0:
-        raise TaskError(f"{name}: vocab_size={vocab_size!r} must be a positive integer")
+    def int_option(key: str, v: Any, lo: int, hi: int) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise TaskError(f"{name}: {key}={v!r} must be an integer in [{lo}, {hi}]")
+        return int(v)
+
+    vocab = int_option("vocab_size", vocab_size, 0, 1 << 24) or 0
+    num_classes = int_option("num_classes", num_classes, 2, MAX_CLASSES)
+    max_classes = int_option("max_classes", max_classes, 2, MAX_CLASSES)
+    if isinstance(test_frac, bool) or not isinstance(test_frac, (int, float)):
+        raise TaskError(f"{name}: test_frac={test_frac!r} must be a number in (0, 1)")
     arrays = _read(Path(path).expanduser(), name)
     for key in ("x", "y"):
         if key not in arrays:
@@ -170,7 +224,12 @@ def load_npz(path: str, seed: int = 0, task_type: Optional[str] = None, vocab_si
                                 "store integer labels 0..C-1")
         y, y_test = y.astype(np.int64), y_test.astype(np.int64)
         lo, hi = int(min(y.min(), y_test.min())), int(max(y.max(), y_test.max()))
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))):
+            raise TaskError(f"{name}: num_classes={num_classes!r} must be an integer")
         d_output = int(num_classes) if num_classes is not None else hi + 1
+        if d_output > MAX_CLASSES:
+            raise TaskError(f"{name}: {d_output} classes (labels up to {hi}) exceed the limit of {MAX_CLASSES}; "
+                            "labels must be 0..num_classes-1: relabel them")
         if lo < 0 or hi >= d_output:
             raise TaskError(f"{name}: labels in 'y'/'y_test' span [{lo}, {hi}], outside [0, {d_output}); "
                             "labels must be 0..num_classes-1")
@@ -186,8 +245,10 @@ def load_npz(path: str, seed: int = 0, task_type: Optional[str] = None, vocab_si
                             "y must be (n, L, d_output)")
         if y.ndim not in (2, 3):
             raise TaskError(f"{name}: regression 'y' must be (n,), (n, d_output) or (n, L, d_output), got {y.shape}")
-        y, y_test = y.astype(np.float32), y_test.astype(np.float32)
+        y, y_test = _as_float32(name, "y", y), _as_float32(name, "y_test", y_test)
         d_output = int(y.shape[-1])
+        if d_output > MAX_CLASSES:
+            raise TaskError(f"{name}: regression targets have {d_output} outputs, over the limit of {MAX_CLASSES}")
 
     meta: dict[str, Any] = {
         "source": str(Path(path).expanduser().resolve()),
