@@ -110,7 +110,8 @@ class SSMModel(nn.Module):
         return state
 
     def step_cache(self) -> list:
-        """Discretised (A_bar, B_bar, C) per layer, computed once for a run of ``step`` calls."""
+        """Each layer's step constants (``layer.step_params()``: the delta-form a = A_bar - 1 as a float-float
+        pair, B_bar, C), computed once for a run of ``step`` calls."""
         return [blk.ssm.step_params() for blk in self.blocks]
 
     def step(self, x_t: torch.Tensor, state: list[torch.Tensor], cache: Optional[list] = None

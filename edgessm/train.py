@@ -107,6 +107,8 @@ def _loss(model: torch.nn.Module, data: TaskData, x, y, lengths) -> tuple[torch.
 
 
 def _tensors(data: TaskData, split: str, device: torch.device):
+    if getattr(data, f"x_{split}", None) is None:
+        raise ValueError(f"task {data.name} has no {split!r} split")
     x = torch.from_numpy(getattr(data, f"x_{split}")).to(device)
     y = torch.from_numpy(getattr(data, f"y_{split}")).to(device)
     lens = getattr(data, f"len_{split}")
@@ -116,7 +118,7 @@ def _tensors(data: TaskData, split: str, device: torch.device):
 @torch.no_grad()
 def evaluate(model: SSMModel, data: TaskData, split: str = "test", batch_size: int = 500,
              device: Optional[torch.device] = None) -> dict[str, float]:
-    """{'accuracy' | 'mse', 'loss', 'n'} on a split ('test' or 'train')."""
+    """{'accuracy' | 'mse', 'loss', 'n'} on a split: 'test', 'train' or 'val' (after ``split_validation``)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -166,7 +168,7 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.manual_seed(cfg.seed)
-    train_data, val_data = split_validation(data, cfg.val_frac, seed=cfg.seed)
+    train_data = split_validation(data, cfg.val_frac, seed=cfg.seed)  # train split minus the held-out val split
     model = model.to(device)
     x, y, lens = _tensors(train_data, "train", device)
     n = x.shape[0]
@@ -225,7 +227,7 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
                 schedule.append({"epoch": epoch, "ranks": [b.ssm.N for b in model.blocks], **event})
                 best["score"] = -math.inf  # compare only models of the current size from here on
         if rank == 0:
-            val = evaluate(model, val_data, "test", device=device)
+            val = evaluate(model, train_data, "val", device=device)
             score = _val_score(val)
             if not (math.isfinite(val["loss"]) and math.isfinite(score)):  # the weights overflowed after the step
                 bar.close()

@@ -413,25 +413,25 @@ def test_npz_file_errors(tmp_path):
 # ---- validation split and the container ------------------------------------------------------
 
 def test_split_validation_stratified_and_disjoint(mnist):
-    tr, va = split_validation(mnist, 0.1, seed=0)
-    assert tr.n_train + va.n_test == mnist.n_train and va.n_train == tr.n_train
-    np.testing.assert_array_equal(tr.x_test, mnist.x_test)           # the test set is untouched
-    seen = {r.tobytes() for r in tr.x_train}
-    assert not any(r.tobytes() in seen for r in va.x_test)
-    val_share = np.bincount(va.y_test, minlength=10) / va.n_test
+    d = split_validation(mnist, 0.1, seed=0)
+    n_val = d.x_val.shape[0]
+    assert d.n_train + n_val == mnist.n_train and d.meta["n_validation"] == n_val
+    np.testing.assert_array_equal(d.x_test, mnist.x_test)             # the test set is untouched
+    seen = {r.tobytes() for r in d.x_train}
+    assert not any(r.tobytes() in seen for r in d.x_val)
+    val_share = np.bincount(d.y_val, minlength=10) / n_val
     all_share = np.bincount(mnist.y_train, minlength=10) / mnist.n_train
     assert np.abs(val_share - all_share).max() < 0.005                # stratified
-    tr2, va2 = split_validation(mnist, 0.1, seed=0)
-    np.testing.assert_array_equal(va.x_test, va2.x_test)
+    np.testing.assert_array_equal(d.x_val, split_validation(mnist, 0.1, seed=0).x_val)
+    d.validate()
     with pytest.raises(TaskError, match="frac"):
         split_validation(mnist, 1.0)
 
 
 def test_split_validation_keeps_lengths():
-    d = load_task("listops", **SMALL)
-    tr, va = split_validation(d, 0.2, seed=3)
-    assert va.len_test.shape == (va.n_test,) and tr.len_train.shape == (tr.n_train,)
-    assert ((va.x_test != 0).sum(1) == va.len_test).all()
+    d = split_validation(load_task("listops", **SMALL), 0.2, seed=3)
+    assert d.len_val.shape == (d.x_val.shape[0],) and d.len_train.shape == (d.n_train,)
+    assert ((d.x_val != 0).sum(1) == d.len_val).all()
 
 
 def test_taskdata_validate_catches_bad_layout(mnist):

@@ -61,6 +61,10 @@ class TaskData:
     vocab_size: int            # 0 for float inputs; > 0 for int64 tokens (pad id 0)
     seq_len: int               # L (max length)
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able description and provenance
+    # the validation split held out of the training set (``split_validation``), else None
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
+    len_val: Optional[np.ndarray] = None
 
     @property
     def n_train(self) -> int:
@@ -86,7 +90,7 @@ class TaskData:
         if self.task_type not in TASK_TYPES:
             raise bad(f"task_type={self.task_type!r} is not one of {', '.join(TASK_TYPES)}")
         L = self.seq_len
-        for split in ("train", "test"):
+        for split in ("train", "test") + (("val",) if self.x_val is not None else ()):
             x = getattr(self, f"x_{split}")
             y = getattr(self, f"y_{split}")
             lengths = getattr(self, f"len_{split}")
@@ -128,15 +132,13 @@ def _take(a: Optional[np.ndarray], idx: np.ndarray) -> Optional[np.ndarray]:
     return None if a is None else a[idx]
 
 
-def split_validation(data: TaskData, frac: float = 0.1, seed: int = 0) -> tuple[TaskData, TaskData]:
-    """Hold out a seeded random ``frac`` of the training set for validation.
+def split_validation(data: TaskData, frac: float = 0.1, seed: int = 0) -> TaskData:
+    """Hold out a seeded random ``frac`` of the training set as the validation split.
 
-    Returns ``(train, val)``, both TaskData of the same task:
-    - ``train``: the remaining training examples; its test split is the original test split.
-    - ``val``: the same training examples, and the held-out ones as its test split, so
-      ``val.x_test, val.y_test, val.len_test`` is the validation set.
-    The test set is never touched. Classification splits are stratified by label, so each
-    class keeps its share (a class with one example stays in training).
+    Returns the same task with the remaining training examples as its train split and the held-out
+    ones as ``x_val, y_val, len_val`` (evaluate it as split "val"). The test set is never touched.
+    Classification splits are stratified by label, so each class keeps its share (a class with one
+    example stays in training).
     """
     if not 0.0 < frac < 1.0:
         raise TaskError(f"split_validation frac={frac!r} must lie in (0, 1)")
@@ -159,11 +161,7 @@ def split_validation(data: TaskData, frac: float = 0.1, seed: int = 0) -> tuple[
     keep[val_idx] = False
     tr_idx = np.flatnonzero(keep)
     split_meta = {"validation_frac": frac, "validation_seed": seed, "n_validation": int(len(val_idx))}
-    train = data.replace(
+    return data.replace(
         x_train=data.x_train[tr_idx], y_train=data.y_train[tr_idx], len_train=_take(data.len_train, tr_idx),
-        meta={**data.meta, **split_meta, "split": "train-without-validation"})
-    val = data.replace(
-        x_train=data.x_train[tr_idx], y_train=data.y_train[tr_idx], len_train=_take(data.len_train, tr_idx),
-        x_test=data.x_train[val_idx], y_test=data.y_train[val_idx], len_test=_take(data.len_train, val_idx),
-        meta={**data.meta, **split_meta, "split": "validation"})
-    return train, val
+        x_val=data.x_train[val_idx], y_val=data.y_train[val_idx], len_val=_take(data.len_train, val_idx),
+        meta={**data.meta, **split_meta})
