@@ -23,7 +23,7 @@ from .runtime import fileio as _fileio
 
 __all__ = ["save", "load", "read_metadata", "file_sha256", "FORMAT_VERSION", "atomic_write", "check_outputs"]
 
-FORMAT_VERSION = 1
+from .runtime.contract import FORMAT_VERSION  # noqa: E402  one version for checkpoints and graphs
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -26,8 +26,8 @@ from .lowering import ModelParams, lower_model
 
 __all__ = ["export_onnx", "ExportResult", "read_metadata", "FORMAT_VERSION", "default_chunk_path"]
 
-FORMAT_VERSION = "1"
-METADATA_PREFIX = "edgessm."
+from edgessm.runtime.contract import (FORMAT_VERSION, INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, past_state,  # noqa: E402
+                                      present_state)
 
 
 @dataclass
@@ -47,10 +47,6 @@ class ExportResult:
     verify_steps: int = 0
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # graph -> metadata_props as written
 
-    @property
-    def paths(self) -> list[Path]:
-        return [self.path] + ([self.chunk_path] if self.chunk_path is not None else [])
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``--json``)."""
         d = asdict(self)
@@ -68,7 +64,7 @@ def default_chunk_path(out_path: Union[str, os.PathLike], T: int) -> Path:
 
 def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str = "cpu", fp16: bool = False,
                 chunk: Optional[int] = None, opset: int = MIN_OPSET, verify: bool = True, verify_steps: int = 300,
-                report: Optional[dict] = None, source_sha256: Optional[str] = None,
+                source_sha256: Optional[str] = None,
                 chunk_path: Optional[Union[str, os.PathLike]] = None) -> ExportResult:
     """Lower an SSMModel (or the checkpoint at a path) to ONNX, check it, write it atomically.
 
@@ -78,7 +74,6 @@ def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str
     chunk: also write a T-step chunk graph (``chunk_path``, default ``<stem>.chunk{T}.onnx``).
     verify: run each graph for ``verify_steps`` steps (rounded up to whole chunks) in onnxruntime
         CPU against ``model(x)`` and the float64 oracle; ExportError if over the bar (nothing written).
-    report: compression report summary (stored as ``edgessm.error_bounds``).
     source_sha256: hash of the source checkpoint (computed from the path when a path is given).
     Raises ExportError (one line) for unsupported models/options, unwritable paths, failed parity.
     """
@@ -146,13 +141,13 @@ def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str
         steps = int(verify_steps)
         for kind, (g, path, T) in graphs.items():
             L = steps if T is None else T * -(-steps // T)
-            parity[kind] = _check_parity(model, blobs[kind], kind, T, L, tol, precision, path)
+            parity[kind] = _check_parity(model, blobs[kind], kind, T, L, tol, precision, path, blobs["step"])
 
     # ---- metadata and files ----------------------------------------------------------------
     metas = {}
     for kind, (g, path, T) in graphs.items():
         metas[kind] = _metadata(model, mp, kind=kind, T=T, target=target, precision=precision, opset=opset,
-                                counts=counts[kind], report=report, source_sha256=source_sha256,
+                                counts=counts[kind], source_sha256=source_sha256,
                                 parity=parity.get(kind), tol=tol, steps=steps)
         helper.set_model_props(g, metas[kind])
         blobs[kind] = g.SerializeToString()
@@ -164,18 +159,15 @@ def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str
 
 
 def _check_parity(model, blob: bytes, kind: str, T: Optional[int], L: int, tol: float, precision: str,
-                  path: Path) -> dict[str, dict[str, float]]:
+                  path: Path, step_blob: bytes) -> dict[str, dict[str, float]]:
     xs = _verify.make_input(model.config, batch=2, steps=L, seed=0)
     ref = _verify.reference(model, xs)
     result: dict[str, dict[str, float]] = {}
     ys = {}
     for opt in (True, False):
-        sess = _verify.session(blob, optimize=opt)
-        if T is None:
-            y, st = _verify.run_step_graph(sess, xs)
-        else:
-            y, st = _verify.run_chunk_graph(sess, xs, T)
-        got = {"y": y, **{"present_state." + k.split(".", 1)[1]: v for k, v in st.items()}}
+        # the runtime's own plain engine drives the graph, as on the device (a chunk graph rides with its step graph)
+        y, st = _verify.run_graphs(step_blob, xs, chunk_bytes=blob if T is not None else None, optimize=opt)
+        got = {OUTPUT_NAME: y, **st}
         ys[opt] = y
         par = _verify.parity(got, ref)
         bad = {k: v for k, v in par.items() if not v["rel"] <= tol}
@@ -271,27 +263,27 @@ def _output_meaning(cfg) -> str:
 
 
 def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: str, precision: str, opset: int,
-              counts: dict, report: Optional[dict], source_sha256: Optional[str], parity: Optional[dict],
+              counts: dict, source_sha256: Optional[str], parity: Optional[dict],
               tol: Optional[float], steps: int) -> dict[str, str]:
     cfg = model.config
     prov = dict(getattr(model, "provenance", {}) or {})
     task, classes = _task_info(prov)
-    states = [{"input": f"past_state.{s}", "output": f"present_state.{s}", "shape": shape, "dtype": "float32",
+    states = [{"input": past_state(s), "output": present_state(s), "shape": shape, "dtype": "float32",
                "layout": layout} for s, shape, layout in state_specs(mp)]
-    inp = {"name": "x", "dtype": "int64" if cfg.vocab_size > 0 else "float32",
+    inp = {"name": INPUT_NAME, "dtype": "int64" if cfg.vocab_size > 0 else "float32",
            "shape": [] if cfg.vocab_size > 0 else [cfg.d_input],
            "meaning": (f"token id of one step, 0..{cfg.vocab_size - 1}" if cfg.vocab_size > 0
                        else f"features of one step ({cfg.d_input} float32)")}
     if cfg.vocab_size > 0:
         inp["vocab_size"] = cfg.vocab_size
-    out = {"name": "y", "shape": [cfg.d_output], "meaning": _output_meaning(cfg)}
+    out = {"name": OUTPUT_NAME, "shape": [cfg.d_output], "meaning": _output_meaning(cfg)}
     if classes is not None:
         out["classes"] = classes
     if kind == "chunk":
         inp["time_axis"] = out["time_axis"] = f"x and y carry a T={T} axis after batch: (batch, {T}, ...)"
-    bounds = report if report is not None else prov.get("reduction")
+    bounds = prov.get("reduction")  # the compression report summary compress wrote into the provenance
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": str(FORMAT_VERSION),
         "graph": kind,
         "states": _json(states),
         "input": _json(inp),

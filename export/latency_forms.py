@@ -154,8 +154,8 @@ def main(argv=None) -> dict:
             xs, ref = refs[mk]
             errs = []
             for opt in (True, False):
-                y, st = V.run_step_graph(V.session(blob, opt), xs)
-                got = {"y": y, **{"present_state." + s.split(".", 1)[1]: v for s, v in st.items()}}
+                y, st = V.run_graphs(blob, xs, optimize=opt)
+                got = {"y": y, **st}
                 errs.append(max(v["rel"] for v in V.parity(got, ref).values()))
             row["max_rel_err"] = max(errs)
         out[name] = row

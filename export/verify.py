@@ -23,8 +23,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["TOLERANCE", "reference", "run_step_graph", "run_chunk_graph", "make_input", "parity", "session",
-           "optimized_node_count"]
+from edgessm.runtime.contract import PAST_PREFIX, PRESENT_PREFIX
+
+__all__ = ["TOLERANCE", "reference", "run_graphs", "make_input", "parity", "session", "optimized_node_count"]
 
 # fp32: float32 rounding over a few hundred to a few thousand steps of a small network is ~1e-6..1e-5
 # relative (delta-form state, see tests/test_parity.py for the 16k-step layer bar); 1e-4 leaves margin
@@ -33,6 +34,7 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 
 
 def session(model_bytes: bytes, optimize: bool = True, optimized_path: Optional[str] = None):
+    """An onnxruntime CPU session of a graph (for node counts of onnxruntime's optimised graph)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -56,32 +58,20 @@ def optimized_node_count(model_bytes: bytes) -> int:
         return len(onnx.load(p, load_external_data=False).graph.node)
 
 
-def _zero_states(sess, batch: int) -> dict[str, np.ndarray]:
-    return {a.name: np.zeros((batch, *a.shape[1:]), np.float32) for a in sess.get_inputs() if a.name != "x"}
+def run_graphs(step_bytes: bytes, xs: np.ndarray, chunk_bytes: Optional[bytes] = None,
+               optimize: bool = True) -> tuple[np.ndarray, dict]:
+    """Drive the graph(s) as a user's device does: the runtime's plain onnxruntime engine, CPU provider.
 
+    xs r(B L d_input) | int64 (B L) -> (ys r(B L O), final states {present_state.k: array}). With
+    chunk_bytes, whole chunks of T steps run in the chunk graph (L a multiple of T: all of them).
+    """
+    from edgessm.runtime import StreamingSession
 
-def run_step_graph(sess, xs: np.ndarray, states: Optional[dict] = None) -> tuple[np.ndarray, dict]:
-    """xs r(B L d_input) | int64 (B L) -> (ys r(B L O), final states {past_state.k: array})."""
-    names = [o.name for o in sess.get_outputs()]
-    st = dict(states) if states is not None else _zero_states(sess, xs.shape[0])
-    ys = []
-    for t in range(xs.shape[1]):
-        out = sess.run(names, {"x": np.ascontiguousarray(xs[:, t]), **st})
-        ys.append(out[0])
-        st = {"past_state." + n.split(".", 1)[1]: v for n, v in zip(names[1:], out[1:])}
-    return np.stack(ys, 1), st
-
-
-def run_chunk_graph(sess, xs: np.ndarray, T: int, states: Optional[dict] = None) -> tuple[np.ndarray, dict]:
-    """The same with a chunk graph; L must be a multiple of T."""
-    names = [o.name for o in sess.get_outputs()]
-    st = dict(states) if states is not None else _zero_states(sess, xs.shape[0])
-    ys = []
-    for t in range(0, xs.shape[1], T):
-        out = sess.run(names, {"x": np.ascontiguousarray(xs[:, t:t + T]), **st})
-        ys.append(out[0])
-        st = {"past_state." + n.split(".", 1)[1]: v for n, v in zip(names[1:], out[1:])}
-    return np.concatenate(ys, 1), st
+    sess = StreamingSession(step_bytes, provider="cpu", batch=xs.shape[0], threads=1, io_binding=False,
+                            engine="onnxruntime", check_finite=False, chunk_path=chunk_bytes,
+                            graph_optimization="all" if optimize else "none")
+    ys = sess.run(xs)
+    return ys, {PRESENT_PREFIX + k[len(PAST_PREFIX):]: v for k, v in sess.get_state().items()}
 
 
 def make_input(cfg, batch: int, steps: int, seed: int = 0) -> np.ndarray:

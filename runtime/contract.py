@@ -19,13 +19,28 @@ import numpy as np
 from .errors import RuntimeModelError
 
 __all__ = ["TensorSpec", "StateSpec", "GraphSpec", "read_graph_spec", "parse_metadata",
-           "INPUT_NAME", "OUTPUT_NAME", "PAST_PREFIX", "PRESENT_PREFIX"]
+           "INPUT_NAME", "OUTPUT_NAME", "PAST_PREFIX", "PRESENT_PREFIX", "POOL_STATE", "METADATA_PREFIX",
+           "FORMAT_VERSION", "past_state", "present_state"]
 
+# The contract, defined here once: the exporter (edgessm.export) and the checkpoint writer import these.
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
 PAST_PREFIX = "past_state."
 PRESENT_PREFIX = "present_state."
+POOL_STATE = "pool"  # the running-mean pooling state's suffix (past_state.pool / present_state.pool)
 METADATA_PREFIX = "edgessm."
+# Version of the edgessm metadata layout, in graphs and checkpoints alike (written as the string "1").
+FORMAT_VERSION = 1
+
+
+def past_state(k) -> str:
+    """The graph input carrying state k (a layer index or POOL_STATE) into a step."""
+    return f"{PAST_PREFIX}{k}"
+
+
+def present_state(k) -> str:
+    """The graph output carrying state k out of a step."""
+    return f"{PRESENT_PREFIX}{k}"
 
 # onnxruntime's type strings -> numpy dtypes the contract allows
 _ORT_TYPES = {

@@ -14,7 +14,7 @@ import io
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 from .errors import RuntimeInputError, RuntimeModelError, RuntimeProviderError
@@ -42,7 +42,6 @@ class ProviderPlan:
     providers: list[tuple[str, dict[str, Any]]]
     requested: str                      # what the caller asked for, for messages
     strict: bool                        # an explicit request: a fallback is an error
-    notes: list[str] = field(default_factory=list)
 
     @property
     def primary(self) -> str:
@@ -97,18 +96,15 @@ def plan_providers(provider: ProviderArg = "auto", *, available: Optional[Sequen
         available = _ort().get_available_providers()
     available = list(available)
     kw = dict(device_id=device_id, cuda_graph=cuda_graph, trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir, tf32=tf32)
-    notes: list[str] = []
-
     if isinstance(provider, str) and provider.lower() == "auto":
         order = [p for p in (TRT, CUDA, CPU) if p in available]
         if cuda_graph and TRT in order:
             # Double-buffered CUDA graphs need two graph ids (run option gpu_graph_id), which the CUDA
             # provider supports; the TensorRT provider keeps one graph, so auto uses CUDA here.
             order.remove(TRT)
-            notes.append("cuda_graph: TensorRT skipped (needs per-id CUDA graphs of the CUDA provider)")
         if CPU not in order:
             order.append(CPU)
-        return ProviderPlan([(p, _provider_options(p, **kw)) for p in order], "auto", strict=False, notes=notes)
+        return ProviderPlan([(p, _provider_options(p, **kw)) for p in order], "auto", strict=False)
 
     items = [provider] if isinstance(provider, str) else list(provider)
     if not items:
@@ -141,11 +137,18 @@ def plan_providers(provider: ProviderArg = "auto", *, available: Optional[Sequen
     return ProviderPlan(plan, str(provider) if isinstance(provider, str) else ",".join(names), strict=True)
 
 
-def session_options(threads: Optional[int] = None, log_level: int = 3):
-    """Latency-oriented options: all graph optimisations, sequential execution, 1 thread by default."""
+GRAPH_OPTIMIZATIONS = ("all", "none")
+
+
+def session_options(threads: Optional[int] = None, log_level: int = 3, optimization: str = "all"):
+    """Latency-oriented options: all graph optimisations (optimization="none": none, the graph as written),
+    sequential execution, 1 thread by default."""
     ort = _ort()
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimization not in GRAPH_OPTIMIZATIONS:
+        raise RuntimeInputError(f"graph optimization {optimization!r} is not one of {', '.join(GRAPH_OPTIMIZATIONS)}")
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization == "all"
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise RuntimeInputError(f"threads must be a positive integer, got {threads!r}")

@@ -233,12 +233,15 @@ class StreamingSession:
     trt_fp16, trt_cache_dir: TensorRT fp16 kernels and the engine cache folder (None: no cache).
     tf32: let the CUDA provider run float32 MatMul/Gemm in TF32 on Ampere and newer GPUs (faster for
         large products, ~1e-3 relative error; off by default, onnxruntime's own default is on).
-    chunk_path: optional chunk graph (same states) that ``run`` uses for whole chunks of T steps.
+    chunk_path: optional chunk graph (a path or the graph's bytes; same states) that ``run`` uses for
+        whole chunks of T steps.
     io_binding: keep states in bound device buffers (default); False uses plain ``session.run``.
     check_finite: reject NaN/Inf inputs (default): one NaN in a step poisons its stream's state for every
         later step, silently. The check costs well under 1 us for a few input values, a few us for
         large batches (bench/finite_check.py, docs/latency.md); False skips it.
     verify_cuda_graph: with cuda_graph, compare the captured graphs with eager runs once at start.
+    graph_optimization: "all" (onnxruntime's fusions, the default) or "none" (the graph as written; the
+        exporter's parity check runs both).
     engine: "auto" (the fused C engine where it runs: CPU provider, IO binding, no CUDA graph; else
         onnxruntime), "fused" (RuntimeProviderError if it cannot run) or "onnxruntime". ``engine`` says
         which runs, ``engine_note`` why. The environment variable EDGESSM_ENGINE overrides "auto".
@@ -251,7 +254,8 @@ class StreamingSession:
                  threads: Optional[int] = None, cuda_graph: bool = False, trt_fp16: bool = True,
                  trt_cache_dir: Optional[str] = None, *, chunk_path: Optional[Union[str, os.PathLike]] = None,
                  device_id: int = 0, io_binding: bool = True, check_finite: bool = True,
-                 verify_cuda_graph: bool = True, log_level: int = 3, tf32: bool = False, engine: str = "auto"):
+                 verify_cuda_graph: bool = True, log_level: int = 3, tf32: bool = False, engine: str = "auto",
+                 graph_optimization: str = "all"):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RuntimeInputError(f"batch must be a positive integer (number of streams), got {batch!r}")
         if isinstance(device_id, bool) or not isinstance(device_id, (int, np.integer)) or device_id < 0:
@@ -272,7 +276,7 @@ class StreamingSession:
         self.tf32 = bool(tf32)
         self.provider_plan = plan_providers(provider, device_id=device_id, cuda_graph=cuda_graph,
                                             trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir, tf32=tf32)
-        so = session_options(threads, log_level)
+        so = session_options(threads, log_level, graph_optimization)
         self._sess, self.fallback = create_session(model, self.provider_plan, so, self.model_label)
         self.spec = read_graph_spec(self._sess, self.model_label)
         if self.spec.kind != "step":
@@ -292,8 +296,9 @@ class StreamingSession:
         if chunk_path is not None:
             chunk_plan = plan_providers(provider, device_id=device_id, cuda_graph=False,
                                         trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir, tf32=tf32)
-            label = os.fspath(chunk_path)
-            chunk_sess, _ = create_session(label, chunk_plan, session_options(threads, log_level), label)
+            label = "<chunk bytes>" if isinstance(chunk_path, bytes) else os.fspath(chunk_path)
+            chunk_sess, _ = create_session(chunk_path if isinstance(chunk_path, bytes) else label, chunk_plan,
+                                           session_options(threads, log_level, graph_optimization), label)
             self.chunk_spec = read_graph_spec(chunk_sess, label)
             self._check_chunk(self.chunk_spec, label)
             chunk_device = "cuda" if chunk_sess.get_providers()[0] in (CUDA, TRT) else "cpu"

@@ -241,7 +241,7 @@ def test_metadata_checker_and_node_counts(tmp_path):
     model = _model()
     model.provenance = {"task": "mnist1d", "reduction": {"hinf_bound": 0.01, "ranks": [4, 4]}}
     res = export_onnx(model, tmp_path / "m.onnx", chunk=8, verify_steps=32, source_sha256="ab" * 32)
-    for path in res.paths:
+    for path in (res.path, res.chunk_path):
         m = onnx.load(path)
         onnx.checker.check_model(m, full_check=True)
         assert m.opset_import[0].version == 17
