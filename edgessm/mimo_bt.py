@@ -9,10 +9,16 @@ its truncation error is not bounded by the HSVs of what the layer computes. Here
 doubled into (A_p, B_p, (c/2) C_p) and its conjugate partner (ssm.py's convention for SISO channels),
 a similarity of the real realisation, and that system is balanced.
 
+Which Hankel operator: the layer's map reads the updated state, G(z) = D + z H(z) with
+H(z) = C_d (zI - A_d)^{-1} B_d the strictly proper map of (A, B, C) in doubled coordinates. On the
+unit circle |z| = 1, so ||G - G_r||_inf = ||H - H_r||_inf for G_r = D + z H_r: balancing H (Gramians
+of (A, B, C), as CompreSSM does for its complex map) certifies G with the same bounds, keeps the
+layer's own diagonal D exactly and needs no division by the reduced eigenvalues. (balanced.py
+balances the standard form (A, B, C A) of SISO channels instead; the two HSV sets differ by the
+factor A in C, negligibly for slow modes.)
+
 Pipeline (numpy float64):
-1. standard realisation of the updated-state map: y_k = C' s_k + D' u_k with C' = C diag(A) and
-   D' = D + c Re(C B) (s_k = x_{k-1}); doubled coordinates alpha c(M), beta = B_d c(M I),
-   gamma = C'_d c(O M).
+1. doubled coordinates: alpha c(M), beta = B_d c(M I), gamma = C_d c(O M) (C_d carries c/2).
 2. closed-form Gramians: P_ij = (beta beta^H)_ij / (1 - alpha_i conj alpha_j) and
    Q_ij = (gamma^H gamma)_ij / (1 - conj alpha_i alpha_j), Cauchy-like of displacement rank I
    (resp. O), not 1. Denominators are -expm1(log alpha_i + conj log alpha_j) from the layer's exact
@@ -27,10 +33,10 @@ Pipeline (numpy float64):
    coordinates z = W x (W unitary per conjugate pair) and split F = [Re(W L), Im(W L)], a real
    factor of the real Gramian W P W^H.
 4. square-root BT (Laub, Heath, Paige & Ward 1987): F_Q^T F_P = U S V^T, T = F_P V_k S_k^{-1/2},
-   Ti = S_k^{-1/2} U_k^T F_Q^T, a real order-k system (Ti A_z T, Ti B_z, C'_z T, D').
+   Ti = S_k^{-1/2} U_k^T F_Q^T, a real order-k system (Ti A_z T, Ti B_z, C_z T), D unchanged.
 5. re-diagonalisation: eig of the real A_r; a conjugate pair becomes one stored mode (Im > 0), a real
-   eigenvalue a real mode (A, B, C real); back to the updated-state form by C = C'_r / lambda and
-   D = D' - c Re(C B); checked against the real reduced system on its impulse response.
+   eigenvalue a real mode (A, B, C real); checked against the real reduced system on its Markov
+   parameters C A^j B.
 
 Error bounds (Enns 1984; Glover 1984): for sigma_k > sigma_{k+1}, sigma_{k+1} <= ||G - G_k||_inf
 <= 2 sum_{i>k} sigma_i, with ||.||_inf the largest singular value over frequency.
@@ -106,8 +112,7 @@ class _Doubled:
     alpha: np.ndarray   # c(M) nodes
     log_alpha: np.ndarray  # c(M)
     beta: np.ndarray    # c(M I)
-    gamma: np.ndarray   # c(O M) C' = C diag(A) in doubled coordinates
-    D_std: np.ndarray   # r(O I) D + c Re(C B)
+    gamma: np.ndarray   # c(O M) C in doubled coordinates (the c/2 split included)
     W: np.ndarray       # c(M M) z = W x, real coordinates
     n_complex: int
 
@@ -120,7 +125,7 @@ def doubled(sys: MimoSSM) -> _Doubled:
     al, lal, be, ga = [], [], [], []
     Wrows: list[tuple[int, int, str]] = []
     for p in np.flatnonzero(act):
-        a, l, b, cp = sys.A[p], la[p], sys.B[p], sys.C[:, p] * sys.A[p]  # C' column = C_p a_p
+        a, l, b, cp = sys.A[p], la[p], sys.B[p], sys.C[:, p]
         if real[p]:
             al.append(a.real); lal.append(l); be.append(b.real); ga.append(sys.c * cp.real)
             Wrows.append((len(al) - 1, -1, "r"))
@@ -139,10 +144,9 @@ def doubled(sys: MimoSSM) -> _Doubled:
             W[row, i], W[row, j] = s, s
             W[row + 1, i], W[row + 1, j] = -1j * s, 1j * s
             row += 2
-    D_std = sys.D + sys.c * (sys.C @ sys.B).real  # (O I)
     return _Doubled(np.array(al, np.complex128), np.array(lal, np.complex128),
                     np.array(be, np.complex128).reshape(M, sys.n_in),
-                    np.array(ga, np.complex128).reshape(M, sys.n_out).T, D_std, W,
+                    np.array(ga, np.complex128).reshape(M, sys.n_out).T, W,
                     sum(1 for _, _, k in Wrows if k == "c"))
 
 
@@ -217,7 +221,7 @@ def mimo_hankel_singular_values(sys: MimoSSM) -> np.ndarray:
 # ---- 4./5. square-root BT and re-diagonalisation -----------------------------------------------
 
 def _real_system(dbl: _Doubled):
-    """(A_z r(n n), B_z r(n I), C'_z r(O n)) in real coordinates z = W x."""
+    """(A_z r(n n), B_z r(n I), C_z r(O n)) in real coordinates z = W x."""
     W = dbl.W
     Az = W @ (dbl.alpha[:, None] * np.conj(W.T))  # W diag(alpha) W^H
     Bz = W @ dbl.beta
@@ -225,23 +229,22 @@ def _real_system(dbl: _Doubled):
     return Az.real, Bz.real, Cz.real
 
 
-def _markov_real(A, B, C, D, L):
-    """r(L O I): standard-form Markov parameters h_0 = D, h_j = C A^{j-1} B."""
+def _markov_real(A, B, C, L):
+    """r(L O I): Markov parameters C A^j B, j < L, of H."""
     h = np.empty((L, C.shape[0], B.shape[1]))
-    h[0] = D
     X = B
-    for j in range(1, L):
+    for j in range(L):
         h[j] = C @ X
         X = A @ X
     return h
 
 
-def _diagonalise(Ar, Br, Cr, D_std, c, real_tol=0.0):
+def _diagonalise(Ar, Br, Cr, D, c):
     """The order-k real system as a MimoSSM (module docstring, step 5) -> (sys, stored modes)."""
     lam, V = np.linalg.eig(Ar)  # real Ar: real eigenvalues have exactly zero imaginary part
     Vi = np.linalg.inv(V)
     Bm = Vi @ Br  # (k I)
-    Cm = (Cr @ V) / lam[None, :]  # (O k) updated-state form: C = C' / lambda
+    Cm = Cr @ V  # (O k)
     keepA, keepB, keepC = [], [], []
     for j in range(lam.size):
         if lam[j].imag > 0:  # one stored mode per pair; its partner (conj) is implied by c Re
@@ -260,7 +263,6 @@ def _diagonalise(Ar, Br, Cr, D_std, c, real_tol=0.0):
     A = np.array(keepA, np.complex128)
     B = np.array(keepB, np.complex128).reshape(A.size, Br.shape[1])
     C = np.array(keepC, np.complex128).reshape(A.size, Cr.shape[0]).T
-    D = D_std - c * (C @ B).real
     red = MimoSSM(A, B, C, D, c)
     return red, A.size
 
@@ -303,21 +305,21 @@ def mimo_balanced_truncation(sys: MimoSSM, rank: int | None = None, *, energy: f
     k = min(_select_k(S, rank, energy, tol, gain), usable)
     r_cap = rank if rank is not None else None
     Az, Bz, Cz = _real_system(dbl)
-    scale = float(np.sum(np.abs(_markov_real(Az, Bz, Cz, dbl.D_std, RECON_L))))
+    scale = float(np.sum(np.abs(_markov_real(Az, Bz, Cz, RECON_L))))
     warnings: list[str] = []
     while k >= 1:
         si = 1.0 / np.sqrt(S[:k])
         T = FP @ Vt[:k].T * si[None, :]  # (n k)
         Ti = (U[:, :k] * si[None, :]).T @ FQ.T  # (k n)
         Ar, Br, Cr = Ti @ Az @ T, Ti @ Bz, Cz @ T
-        red, r = _diagonalise(Ar, Br, Cr, dbl.D_std, sys.c)
+        red, r = _diagonalise(Ar, Br, Cr, sys.D, sys.c)
         if r_cap is not None and r > r_cap:
             k -= 1
             continue
         bound = 2.0 * S[k:].sum()
         dbl_r = doubled(red)
-        h_diag = _markov_real(*_real_system(dbl_r), dbl_r.D_std, RECON_L)
-        recon = float(np.sum(np.abs(h_diag - _markov_real(Ar, Br, Cr, dbl.D_std, RECON_L))))
+        h_diag = _markov_real(*_real_system(dbl_r), RECON_L)
+        recon = float(np.sum(np.abs(h_diag - _markov_real(Ar, Br, Cr, RECON_L))))
         if recon <= RECON_BOUND_FRACTION * bound + RECON_ATOL_REL * scale and red.is_stable():
             break
         warnings.append(f"{_where(layer)}order {k}: the diagonal form missed the balanced system by {recon:.3g}; "

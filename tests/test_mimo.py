@@ -97,7 +97,7 @@ def _mp_hsv(s: MimoSSM, dps: int = 60) -> np.ndarray:
         else:
             A[i, i], A[i, i + 1], A[i + 1, i], A[i + 1, i + 1] = a.real, -a.imag, a.imag, a.real
             i += 2
-    Bm, Cm = mp.matrix(Br.tolist()), mp.matrix(Cr.tolist()) * A  # C' = C A
+    Bm, Cm = mp.matrix(Br.tolist()), mp.matrix(Cr.tolist())  # H(z) = C (zI - A)^{-1} B, G = D + z H
     # Gramians by the doubling (squared Smith) iteration: P = sum_k A^k B B^T A^kT
     def gram(Am, Bq):
         X, Ak = Bq * Bq.T, Am
@@ -134,7 +134,7 @@ def test_hsv_match_mpmath(case):
 def test_hsv_match_dense_lyapunov():
     s = random_system(4, P=9)
     Ar, Br, Cr, D = s.realify()
-    Cs = Cr @ Ar
+    Cs = Cr  # the Hankel operator of H = (G - D) / z (mimo_bt docstring)
     Pg = sl.solve_discrete_lyapunov(Ar, Br @ Br.T)
     Qg = sl.solve_discrete_lyapunov(Ar.T, Cs.T @ Cs)
     ref = np.sqrt(np.sort(np.abs(np.linalg.eigvals(Pg @ Qg)))[::-1])
@@ -151,6 +151,7 @@ def test_bt_bound_holds(c, rank):
     k = int(red.order[0])
     assert red.system.N <= rank and k <= 2 * rank
     assert red.system.c == s.c
+    assert np.array_equal(red.system.D, s.D)  # the layer's own (diagonal) D is kept exactly
     hs = red.hsv[0]
     err = s.error_system(red.system).hinf_norm()
     assert err == pytest.approx(red.measured_hinf[0], rel=1e-9)
