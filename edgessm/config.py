@@ -13,12 +13,13 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 
-LAYERS = ("s4d", "dss")
+LAYERS = ("s4d", "dss", "lru", "s5")
 INITS = ("skew-hippo", "s4d-lin", "s4d-inv", "random")
 MIXINGS = ("glu", "linear", "none")
 POOLINGS = ("mean", "last", "none")
-NORMS = ("layer", "none")
-ACTIVATIONS = ("gelu", "relu", "tanh", "identity")
+NORMS = ("layer", "batch", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "tanh", "identity")
+S5_DISCRETIZATIONS = ("zoh", "bilinear")
 
 
 @dataclass
@@ -32,10 +33,21 @@ class ModelConfig:
     n_layers: int = 4           # SSM blocks; 4 reaches 97% on mnist1d (FACTS.md)
     d_state: int = 32           # N complex modes per channel (2N real state numbers)
     layer_d_state: Optional[list[int]] = None  # per-layer N after compression (overrides d_state)
-    layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022)
+    layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022);
+    #                             "lru" (Orvieto et al. 2023) / "s5" (Smith et al. 2023): MIMO, d_state modes shared by all channels
     init: str = "s4d-lin"       # S4D-Lin is the S4D paper's default; "skew-hippo" is Ezoe & Sato's baseline
     dt_min: float = 1e-3        # log-uniform Delta range of S4/S4D
     dt_max: float = 1e-1        # upper end of the log-uniform Delta range
+    # LRU ring init (CompreSSM's LRU defaults, which the LRU paper uses for long-range tasks): |lambda| in [r_min, r_max]
+    lru_r_min: float = 0.9      # slowest-forgetting lower edge of the ring
+    lru_r_max: float = 0.999    # memory up to ~1000 steps
+    lru_max_phase: float = 6.28  # arg(lambda) uniform on [0, max_phase]
+    # S5 (d_state counts the STORED conjugate-symmetric modes: S5's ssm_size = 2 d_state)
+    s5_blocks: int = 1          # HiPPO-LegS blocks of the init (S5's --blocks); d_state must divide by it
+    s5_discretization: str = "zoh"  # "zoh" (S5's default) or "bilinear"
+    s5_step_rescale: float = 1.0    # multiplies every Delta (S5's change-of-resolution knob, not trained)
+    # The CompreSSM LRU block is norm="batch", activation="gelu_tanh", mixing="glu" (BatchNorm with running
+    # statistics, the tanh GELU of jax.nn.gelu); BatchNorm is per-step at inference, so the step graph folds it.
     # block: SSM -> D skip -> activation -> mixing -> dropout -> residual, pre-norm (S4 repo's default)
     activation: str = "gelu"    # after the SSM and D skip, before mixing (S4D)
     mixing: str = "glu"         # GLU output mixing as in S4D's standalone model
@@ -61,6 +73,13 @@ class ModelConfig:
         one_of("pooling", POOLINGS)
         one_of("norm", NORMS)
         one_of("activation", ACTIVATIONS)
+        one_of("s5_discretization", S5_DISCRETIZATIONS)
+        if not 0 <= self.lru_r_min < self.lru_r_max <= 1:
+            raise ConfigError(f"config needs 0 <= lru_r_min < lru_r_max <= 1, got {self.lru_r_min}, {self.lru_r_max}")
+        if int(self.s5_blocks) < 1:
+            raise ConfigError(f"config.s5_blocks must be a positive integer, got {self.s5_blocks!r}")
+        if not self.s5_step_rescale > 0:
+            raise ConfigError(f"config.s5_step_rescale must be > 0, got {self.s5_step_rescale}")
         if self.task_type not in ("classification", "regression"):
             raise ConfigError(f"config.task_type={self.task_type!r} is not one of classification, regression")
         for name in ("d_input", "d_output", "d_model", "n_layers", "d_state"):
