@@ -33,14 +33,13 @@ class ModelConfig:
     n_layers: int = 4           # SSM blocks; 4 reaches 97% on mnist1d (FACTS.md)
     d_state: int = 32           # N complex modes per channel (2N real state numbers)
     layer_d_state: Optional[list[int]] = None  # per-layer N after compression (overrides d_state)
-    layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022);
-    #                             "lru" (Orvieto et al. 2023) / "s5" (Smith et al. 2023): MIMO, d_state modes shared by all channels
+    layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022); "lru" (Orvieto et al. 2023), "s5" (Smith et al. 2023): MIMO, d_state modes shared by all channels
     init: str = "s4d-lin"       # S4D-Lin is the S4D paper's default; "skew-hippo" is Ezoe & Sato's baseline
     dt_min: float = 1e-3        # log-uniform Delta range of S4/S4D
     dt_max: float = 1e-1        # upper end of the log-uniform Delta range
     # LRU ring init (CompreSSM's LRU defaults, which the LRU paper uses for long-range tasks): |lambda| in [r_min, r_max]
-    lru_r_min: float = 0.9      # slowest-forgetting lower edge of the ring
-    lru_r_max: float = 0.999    # memory up to ~1000 steps
+    lru_r_min: float = 0.9      # lower edge of the init ring |lambda| (memory >= 10 steps)
+    lru_r_max: float = 0.999    # upper edge of the init ring (memory up to ~1000 steps)
     lru_max_phase: float = 6.28  # arg(lambda) uniform on [0, max_phase]
     # S5 (d_state counts the STORED conjugate-symmetric modes: S5's ssm_size = 2 d_state)
     s5_blocks: int = 1          # HiPPO-LegS blocks of the init (S5's --blocks); d_state must divide by it

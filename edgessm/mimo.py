@@ -100,16 +100,16 @@ class MimoSSM:
         """bool (P): modes that reach the output (some C[o, p] B[p, i] != 0)."""
         return np.any(self.B != 0, axis=1) & np.any(self.C != 0, axis=0)
 
-    def real_state_dims(self) -> int:
+    def real_state_dims(self) -> np.int64:
         """Real state numbers of the real map's realisation: 2 per complex and 1 per real active mode."""
         per_mode = np.where(self.real_modes(), 1, 2)  # (P)
-        return int(np.sum(np.where(self.active_modes(), per_mode, 0)))
+        return np.int64(np.sum(np.where(self.active_modes(), per_mode, 0)))  # a numpy scalar: .sum() as DiagonalSSM's
 
     def is_finite(self) -> bool:
         return bool(all(np.all(np.isfinite(m)) for m in (self.A, self.B, self.C, self.D)))
 
-    def spectral_radius(self) -> float:
-        return float(np.max(np.abs(self.A))) if self.N else 0.0
+    def spectral_radius(self) -> np.float64:
+        return np.float64(np.max(np.abs(self.A))) if self.N else np.float64(0.0)
 
     def is_stable(self) -> bool:
         return bool(np.all(np.abs(self.A) < 1.0))
