@@ -140,8 +140,34 @@ def _reduce_layer(sys: DiagonalSSM, i: int, spec: CompressSpec, horizon: Optiona
     return balanced_truncation(sys, energy=spec.energy, tol=spec.tol, horizon=horizon, measure=False, layer=i)
 
 
+def _compress_mimo(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
+    """LRU / S5: balanced truncation of each layer's real MIMO map (mimo_bt.py); one report row per layer."""
+    from .mimo_bt import mimo_balanced_truncation
+    from .model import layer_systems, with_mimo_systems
+
+    systems = layer_systems(model)
+    spec.validate(len(systems))
+    if spec.method != "balanced" or spec.horizon not in (None, "none"):
+        raise RankError(f"{model.config.layer} layers support --method balanced without --horizon only")
+    reductions = [mimo_balanced_truncation(s, spec.layer_ranks.get(i, spec.rank),
+                                           energy=None if i in spec.layer_ranks else spec.energy,
+                                           tol=None if i in spec.layer_ranks else spec.tol, measure=False, layer=i)
+                  for i, s in enumerate(systems)]
+    new = with_mimo_systems(model, [r.system for r in reductions])
+    reports = []
+    for i, (orig, red, sv) in enumerate(zip(systems, reductions, layer_systems(new))):
+        # the MIMO H-inf norm (largest singular value over frequency) of what is saved (float32 parameters)
+        measured = np.array([orig.error_system(sv).hinf_norm()])
+        reports.append(LayerReport(i, red, sv, measured, np.array([orig.hinf_norm()])))
+    return new, reports
+
+
 def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
     """Reduce every layer; returns the new model and per-layer reports (error of the saved model)."""
+    from .model import is_mimo
+
+    if is_mimo(model.config):
+        return _compress_mimo(model, spec)
     systems = diagonal_systems(model)
     spec.validate(len(systems))
     horizon = _resolve_horizon(spec, model)

@@ -156,16 +156,22 @@ class MimoSSM:
         h[:, :, 0] += self.D
         return h
 
+    def _tf(self, omega: np.ndarray, block: int = 128) -> np.ndarray:
+        """c(F O I): G(e^{i omega}), frequency-major, as batched matrix products in blocks of frequencies."""
+        z = np.exp(1j * np.atleast_1d(np.asarray(omega, dtype=np.float64)))  # (F)
+        half = 0.5 * self.c
+        out = np.empty((z.size, self.n_out, self.n_in), np.complex128)  # (F O I)
+        Cc, Bc = np.conj(self.C), np.conj(self.B)
+        for f0 in range(0, z.size, block):
+            zf = z[f0:f0 + block, None]  # (f 1)
+            w1 = half * zf / (zf - self.A[None])  # (f P)
+            w2 = half * zf / (zf - np.conj(self.A)[None])  # (f P)
+            out[f0:f0 + block] = (self.C[None] * w1[:, None, :]) @ self.B + (Cc[None] * w2[:, None, :]) @ Bc
+        return out + self.D[None]
+
     def transfer_function(self, omega: np.ndarray) -> np.ndarray:
         """c(O I F): G(z) at z = exp(i omega) (module docstring; output reads the updated state)."""
-        z = np.exp(1j * np.asarray(omega, dtype=np.float64))  # (F)
-        A = self.A[:, None]  # (P 1)
-        half = 0.5 * self.c
-        w1 = half * z / (z - A)  # (P F)
-        w2 = half * z / (z - np.conj(A))  # (P F)
-        G = np.einsum("op,pf,pi->oif", self.C, w1, self.B)  # (O I F)
-        G += np.einsum("op,pf,pi->oif", np.conj(self.C), w2, np.conj(self.B))
-        return G + self.D[:, :, None]
+        return np.moveaxis(self._tf(omega), 0, 2)
 
     def reference_recurrence(self, u: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The slow, obviously-correct oracle, complex128 step by step.
@@ -203,11 +209,16 @@ class MimoSSM:
         return Y[0] if squeeze else Y
 
     def sigma_max(self, omega: np.ndarray) -> np.ndarray:
-        """r(F): the largest singular value of G(e^{i omega})."""
-        G = np.moveaxis(self.transfer_function(omega), 2, 0)  # (F O I)
-        return np.linalg.svd(G, compute_uv=False)[:, 0]
+        """r(F): the largest singular value of G(e^{i omega}), as sqrt of the top eigenvalue of the smaller Gram.
 
-    def hinf_norm(self, n_grid: int = 4097, n_peaks: int = 12) -> float:
+        eigvalsh's absolute error ~eps sigma_max^2 leaves sigma_max accurate to ~eps relative.
+        """
+        G = self._tf(omega)  # (F O I)
+        Gh = np.conj(np.swapaxes(G, 1, 2))
+        gram = G @ Gh if self.n_out <= self.n_in else Gh @ G  # (F m m)
+        return np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[:, -1], 0.0))
+
+    def hinf_norm(self, n_grid: int = 1025, n_peaks: int = 12) -> float:
         """||G||_inf = max over omega in [0, pi] of sigma_max(G(e^{i omega})) (real map: symmetric in omega).
 
         A uniform grid misses the peaks of slow modes (width ~ 1 - |a|), so the candidates are the grid
