@@ -300,8 +300,11 @@ def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: st
 
 
 def _real_state_numbers(p) -> int:
-    """Real numbers of state a layer needs: 2 per active complex mode, 1 per real mode (DiagonalSSM)."""
+    """Real numbers of state a layer needs: 2 per active complex mode, 1 per real mode (DiagonalSSM / MimoSSM)."""
     from edgessm.ssm import DiagonalSSM
+
+    if hasattr(p, "real_state_numbers"):
+        return p.real_state_numbers()
 
     A = np.exp(p.dtL)
     return int(np.sum(DiagonalSSM(A, p.B, p.C, p.D).real_state_dims()))
