@@ -38,7 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgessm.errors import ExportError
 
 from .lowering import (BlockParams, LayerNormParams, LinearParams, MimoSSMParams, ModelParams, chunk_matrix,
-                       mimo_step_gemms, step_elementwise, step_matrices)
+                       mimo_step_diag, mimo_step_gemms, step_elementwise, step_matrices)
 
 __all__ = ["TARGETS", "build_step_graph", "build_chunk_graph", "node_counts", "state_specs", "MIN_OPSET"]
 
@@ -174,12 +174,26 @@ def _ssm_step_matrix(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams) 
     return g.op("Einsum", [XU, g.const(c["R"], name="R")], equation="bhi,hi->bh")  # (B H) from the old state
 
 
+# Up to this P / H the MIMO update is one dense Gemm over [X | z] (4 nodes a layer); above it the
+# (2P+H) x 2P matrix is mostly the zeros of the diagonal a - 1 and the update goes elementwise
+# (9 nodes). bench/mimo_step_latency.py measures both forms (docs/results.md).
+MIMO_DENSE_MAX_P_OVER_H = 1.0
+
+
 def _ssm_step_mimo(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams) -> str:
-    """LRU / S5: z r(B H) f32, X r(B 2P) -> y r(B H); the update and the readout are one Gemm each over
-    [X | z] (4 nodes a layer, any target: MIMO mixes all channels, so a Gemm is the natural shape)."""
-    c = mimo_step_gemms(blk.ssm)
+    """LRU / S5: z r(B H) f32, X r(B 2P) -> y r(B H); the readout is one Gemm over [X | z] from the old state,
+    the update one Gemm over [X | z] (P <= MIMO_DENSE_MAX_P_OVER_H * H) or elementwise on X plus a Gemm on z."""
+    P, H = blk.ssm.N, blk.ssm.D.shape[0]
     XU = g.op("Concat", [X, z], axis=1)                                        # (B 2P+H)
-    d = g.op("Gemm", [XU, g.const(c["M"], name="M"), g.const(c["bd"], name="b")])  # (B 2P) delta
+    if P <= MIMO_DENSE_MAX_P_OVER_H * H:
+        c = mimo_step_gemms(blk.ssm)
+        d = g.op("Gemm", [XU, g.const(c["M"], name="M"), g.const(c["bd"], name="b")])  # (B 2P) delta
+    else:
+        c = mimo_step_diag(blk.ssm)
+        Xr, Xi = g.op("Split", [X, g.ints([P, P])], n_out=2, axis=1)
+        Xs = g.op("Concat", [Xi, Xr], axis=1)                                  # (B 2P) [Im | Re]
+        d = g.op("Sum", [g.op("Mul", [X, g.const(c["Ac"], name="A")]), g.op("Mul", [Xs, g.const(c["As"], name="A")]),
+                         g.op("Gemm", [z, g.const(c["Bm"], name="B"), g.const(c["bd"], name="b")])])  # (B 2P)
     g.op("Add", [X, d], out=X_out)                                             # delta form
     return g.op("Gemm", [XU, g.const(c["R"], name="R"), g.const(c["by"], name="b")])  # (B H) from the old state
 

@@ -36,7 +36,8 @@ from torch import nn
 from edgessm.errors import ExportError
 
 __all__ = ["LayerNormParams", "LinearParams", "SSMParams", "MimoSSMParams", "BlockParams", "ModelParams",
-           "lower_model", "step_elementwise", "step_matrices", "mimo_step_gemms", "chunk_matrix", "cexpm1"]
+           "lower_model", "step_elementwise", "step_matrices", "mimo_step_gemms", "mimo_step_diag", "chunk_matrix",
+           "cexpm1"]
 
 
 @dataclass
@@ -343,6 +344,17 @@ def mimo_step_gemms(p: MimoSSMParams) -> dict[str, np.ndarray]:
     R[2 * P:] = (Ku * p.scale[None, :]).T
     by = Ku @ p.shift  # (H)
     return {"M": M, "bd": bd, "R": R, "by": by}
+
+
+def mimo_step_diag(p: MimoSSMParams) -> dict[str, np.ndarray]:
+    """Constants of the MIMO step with the diagonal update elementwise (large P: no (2P)^2 matrix).
+
+    delta = Ac * X + As * [Im | Re] + (h @ Bm + bd),  X' = X + delta,  y = XU @ R + by (as mimo_step_gemms).
+    """
+    g = mimo_step_gemms(p)
+    P, am = p.N, p.A_m1
+    return {"Ac": np.concatenate([am.real, am.real]), "As": np.concatenate([-am.imag, am.imag]),  # r(2P)
+            "Bm": g["M"][2 * P:], "bd": g["bd"], "R": g["R"], "by": g["by"]}
 
 
 def chunk_matrix(p: SSMParams, T: int) -> np.ndarray:
