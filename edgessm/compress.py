@@ -291,6 +291,10 @@ def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]
     (1 - reduce_min_drop) of its size. With cfg.reduce_rank: every layer larger than the target is
     reduced to it. Returns (model, event), the same model object when nothing changes.
     """
+    from .model import is_mimo
+
+    if is_mimo(model.config):
+        return _in_training_mimo(model, cfg)
     systems = diagonal_systems(model)
     new_systems, changed = [], []
     event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}
@@ -314,3 +318,32 @@ def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]
     new = with_diagonal_systems(model, new_systems)
     new.provenance = dict(model.provenance)
     return new, event
+
+
+def _in_training_mimo(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]:
+    """in_training_reducer for LRU / S5: the same rule per layer on the layer's real MIMO map (mimo_bt.py)."""
+    from .mimo_bt import mimo_balanced_truncation
+    from .model import layer_systems, with_mimo_systems
+
+    if cfg.reduce_horizon is not None:
+        raise RankError(f"{model.config.layer} layers: in-training reduction has no horizon-aware variant; "
+                        "drop --reduce-horizon")
+    new_systems, changed = [], []
+    event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}
+    for i, sys in enumerate(layer_systems(model)):
+        if cfg.reduce_rank is not None:
+            if sys.N <= cfg.reduce_rank:
+                new_systems.append(sys)
+                continue
+            red = mimo_balanced_truncation(sys, int(cfg.reduce_rank), measure=False, layer=i)
+        else:
+            red = mimo_balanced_truncation(sys, energy=cfg.reduce_energy, measure=False, layer=i)
+            if not (red.system.N <= (1.0 - cfg.reduce_min_drop) * sys.N and red.system.N < sys.N):
+                new_systems.append(sys)
+                continue
+        new_systems.append(red.system)
+        changed.append(i)
+        event["layers"].append({"layer": i, "from": sys.N, "to": int(red.system.N), "max_bound": _num(red.bound[0])})
+    if not changed:
+        return model, event
+    return with_mimo_systems(model, new_systems), event

@@ -98,3 +98,20 @@ def test_cli_train_compress_export_lru(tmp_path):
     sess = StreamingSession(onnx_path, provider="cpu", batch=1)
     y = sess.step(np.zeros((1, 1), np.float32))
     assert y.shape == (1, 10) and np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("layer", ["lru", "s5"])
+def test_in_training_reduction_mimo(layer):
+    """CompreSSM's protocol step on an LRU/S5 model: rank target, and the energy rule with its minimum drop."""
+    from edgessm.compress import in_training_reducer
+    from edgessm.config import TrainConfig
+
+    model = _model(layer, P=12)
+    new, event = in_training_reducer(model, TrainConfig(reduce_rank=4))
+    assert [b.ssm.N for b in new.blocks] == [e["to"] for e in event["layers"]] and all(
+        e["to"] <= 4 for e in event["layers"])
+    x = torch.randn(2, 20, 2)
+    with torch.no_grad():
+        assert torch.isfinite(new.eval()(x)).all()
+    same, ev = in_training_reducer(model, TrainConfig(reduce_energy=0.999999, reduce_min_drop=0.5))
+    assert same is model and ev["layers"] == []  # keeping all the energy cannot halve a layer
