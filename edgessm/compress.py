@@ -140,34 +140,14 @@ def _reduce_layer(sys: DiagonalSSM, i: int, spec: CompressSpec, horizon: Optiona
     return balanced_truncation(sys, energy=spec.energy, tol=spec.tol, horizon=horizon, measure=False, layer=i)
 
 
-def _compress_mimo(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
-    """LRU / S5: balanced truncation of each layer's real MIMO map (mimo_bt.py); one report row per layer."""
-    from .mimo_bt import mimo_balanced_truncation
-    from .model import layer_systems, with_mimo_systems
-
-    systems = layer_systems(model)
-    spec.validate(len(systems))
-    if spec.method != "balanced" or spec.horizon not in (None, "none"):
-        raise RankError(f"{model.config.layer} layers support --method balanced without --horizon only")
-    reductions = [mimo_balanced_truncation(s, spec.layer_ranks.get(i, spec.rank),
-                                           energy=None if i in spec.layer_ranks else spec.energy,
-                                           tol=None if i in spec.layer_ranks else spec.tol, measure=False, layer=i)
-                  for i, s in enumerate(systems)]
-    new = with_mimo_systems(model, [r.system for r in reductions])
-    reports = []
-    for i, (orig, red, sv) in enumerate(zip(systems, reductions, layer_systems(new))):
-        # the MIMO H-inf norm (largest singular value over frequency) of what is saved (float32 parameters)
-        measured = np.array([orig.error_system(sv).hinf_norm()])
-        reports.append(LayerReport(i, red, sv, measured, np.array([orig.hinf_norm()])))
-    return new, reports
-
-
 def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
     """Reduce every layer; returns the new model and per-layer reports (error of the saved model)."""
     from .model import is_mimo
 
-    if is_mimo(model.config):
-        return _compress_mimo(model, spec)
+    if is_mimo(model.config):  # LRU / S5: one MIMO system per layer (compress_mimo.py)
+        from .compress_mimo import compress_mimo_model
+
+        return compress_mimo_model(model, spec)
     systems = diagonal_systems(model)
     spec.validate(len(systems))
     horizon = _resolve_horizon(spec, model)
@@ -294,7 +274,9 @@ def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]
     from .model import is_mimo
 
     if is_mimo(model.config):
-        return _in_training_mimo(model, cfg)
+        from .compress_mimo import in_training_mimo
+
+        return in_training_mimo(model, cfg)
     systems = diagonal_systems(model)
     new_systems, changed = [], []
     event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}
@@ -318,32 +300,3 @@ def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]
     new = with_diagonal_systems(model, new_systems)
     new.provenance = dict(model.provenance)
     return new, event
-
-
-def _in_training_mimo(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]:
-    """in_training_reducer for LRU / S5: the same rule per layer on the layer's real MIMO map (mimo_bt.py)."""
-    from .mimo_bt import mimo_balanced_truncation
-    from .model import layer_systems, with_mimo_systems
-
-    if cfg.reduce_horizon is not None:
-        raise RankError(f"{model.config.layer} layers: in-training reduction has no horizon-aware variant; "
-                        "drop --reduce-horizon")
-    new_systems, changed = [], []
-    event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}
-    for i, sys in enumerate(layer_systems(model)):
-        if cfg.reduce_rank is not None:
-            if sys.N <= cfg.reduce_rank:
-                new_systems.append(sys)
-                continue
-            red = mimo_balanced_truncation(sys, int(cfg.reduce_rank), measure=False, layer=i)
-        else:
-            red = mimo_balanced_truncation(sys, energy=cfg.reduce_energy, measure=False, layer=i)
-            if not (red.system.N <= (1.0 - cfg.reduce_min_drop) * sys.N and red.system.N < sys.N):
-                new_systems.append(sys)
-                continue
-        new_systems.append(red.system)
-        changed.append(i)
-        event["layers"].append({"layer": i, "from": sys.N, "to": int(red.system.N), "max_bound": _num(red.bound[0])})
-    if not changed:
-        return model, event
-    return with_mimo_systems(model, new_systems), event
