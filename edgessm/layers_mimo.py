@@ -75,16 +75,17 @@ class _MimoLayer(nn.Module):
 
     # ---- the two modes ---------------------------------------------------------------------
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """r(B L H) -> r(B L H)."""
+        """r(B L H) -> r(B L H) in u's precision (complex64 for float32 u, complex128 for float64)."""
         L = u.shape[1]
+        cd = torch.complex128 if u.dtype == torch.float64 else torch.complex64
         la = self.log_a()  # (P) float64
         ell = torch.arange(L, device=u.device, dtype=torch.float64)  # (L)
-        V = torch.exp(la[:, None] * ell).to(torch.complex64)  # (P L) a^l, float64 phases
-        Bu = torch.einsum("ph,blh->bpl", self.b_bar().to(torch.complex64), u.to(torch.complex64))  # (B P L)
+        V = torch.exp(la[:, None] * ell).to(cd)  # (P L) a^l, float64 phases
+        Bu = torch.einsum("ph,blh->bpl", self.b_bar().to(cd), u.to(cd))  # (B P L)
         n = 2 * L  # zero-pad: linear, not circular, convolution
         x = torch.fft.ifft(torch.fft.fft(Bu, n=n) * torch.fft.fft(V, n=n), n=n)[..., :L]  # (B P L) states
-        y = self.factor * torch.einsum("hp,bpl->blh", self.c_mat().to(torch.complex64), x).real  # (B L H)
-        return y + u * self.D
+        y = self.factor * torch.einsum("hp,bpl->blh", self.c_mat().to(cd), x).real  # (B L H)
+        return y.to(u.dtype) + u * self.D
 
     def step_params(self, dtype: torch.dtype = torch.complex64) -> tuple[torch.Tensor, ...]:
         """(a - 1 c(P), B_bar c(P H), C c(H P)) in the step dtype, computed once per run of steps."""

@@ -208,3 +208,14 @@ def test_config_validates_mimo_fields():
         ModelConfig(layer="s5", s5_discretization="euler")
     with pytest.raises(ConfigError, match="divisible"):
         SSMModel(ModelConfig(layer="s5", d_state=6, s5_blocks=4))
+
+
+@pytest.mark.parametrize("make", [LAYERS["lru"], LAYERS["s5-bilinear"]])
+def test_float64_forward_is_the_oracle(make):
+    """A float64 layer runs the FFT in complex128: the oracle's map to float64 rounding."""
+    layer = make().double()
+    u = torch.randn(2, 300, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = layer.to_system().convolve(u.numpy())
+    with torch.no_grad():
+        got = layer(u).numpy()
+    assert got.dtype == np.float64 and np.abs(got - ref).max() <= 1e-12 * np.abs(ref).max()
