@@ -214,9 +214,16 @@ LAYER_FAMILIES: dict[str, Callable[..., nn.Module]] = {
     "dss": lambda cfg, i, seed=None: DSSLayer(cfg.d_model, cfg.n_modes(i), cfg.init, cfg.dt_min, cfg.dt_max, seed),
     "lru": lambda cfg, i, seed=None: LRULayer(cfg.d_model, cfg.n_modes(i), cfg.lru_r_min, cfg.lru_r_max,
                                               cfg.lru_max_phase, seed),
-    "s5": lambda cfg, i, seed=None: S5Layer(cfg.d_model, cfg.n_modes(i), cfg.dt_min, cfg.dt_max, cfg.s5_blocks,
+    "s5": lambda cfg, i, seed=None: S5Layer(cfg.d_model, cfg.n_modes(i), cfg.dt_min, cfg.dt_max, _s5_blocks(cfg, i),
                                             cfg.s5_discretization, cfg.s5_step_rescale, seed),
 }
+
+
+def _s5_blocks(cfg, i: int) -> int:
+    """S5's init blocks; a reduced layer (per-layer sizes, parameters loaded after construction) of a size
+    the blocks do not divide is built with one block, since its init is overwritten anyway."""
+    n, b = cfg.n_modes(i), int(cfg.s5_blocks)
+    return b if cfg.layer_d_state is None or n % b == 0 else 1
 
 
 def build_layer(cfg, i: int, seed: int | None = None) -> nn.Module:

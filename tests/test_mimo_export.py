@@ -115,3 +115,27 @@ def test_in_training_reduction_mimo(layer):
         assert torch.isfinite(new.eval()(x)).all()
     same, ev = in_training_reducer(model, TrainConfig(reduce_energy=0.999999, reduce_min_drop=0.5))
     assert same is model and ev["layers"] == []  # keeping all the energy cannot halve a layer
+
+
+def test_s5_blocks_survive_compression(tmp_path):
+    """A reduced S5 layer whose size the init blocks do not divide still builds, saves and loads."""
+    cfg = ModelConfig(d_input=2, d_output=3, d_model=8, n_layers=1, d_state=8, layer="s5", s5_blocks=4)
+    torch.manual_seed(0)
+    model = SSMModel(cfg).eval()
+    new, reports = compress_model(model, CompressSpec(rank=3))
+    assert new.blocks[0].ssm.N == reports[0].system.N
+    edgessm.save(new, tmp_path / "s.safetensors")
+    back = edgessm.load(tmp_path / "s.safetensors")
+    h1 = layer_systems(back)[0].impulse_response(50)
+    h2 = reports[0].system.impulse_response(50)
+    assert np.abs(h1 - h2).max() <= 1e-5 * np.abs(h2).max()
+
+
+def test_lru_checkpoint_round_trip_keeps_batchnorm_statistics(tmp_path):
+    model = _model("lru")
+    edgessm.save(model, tmp_path / "m.safetensors")
+    back = edgessm.load(tmp_path / "m.safetensors").eval()
+    assert torch.equal(back.blocks[0].norm.running_var, model.blocks[0].norm.running_var)
+    x = torch.randn(2, 30, 2)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
