@@ -18,6 +18,9 @@ _LAZY = {
     "SSMModel": "edgessm.model",
     "diagonal_systems": "edgessm.model",
     "with_diagonal_systems": "edgessm.model",
+    "MimoSSM": "edgessm.mimo",
+    "layer_systems": "edgessm.model",
+    "with_mimo_systems": "edgessm.model",
     "load": "edgessm.checkpoint",
     "save": "edgessm.checkpoint",
 }

@@ -177,6 +177,12 @@ def _reduce_layer(sys: DiagonalSSM, i: int, spec: CompressSpec, horizon: Optiona
 
 def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
     """Reduce every layer; returns the new model and per-layer reports (error of the saved model)."""
+    from .model import is_mimo
+
+    if is_mimo(model.config):  # LRU / S5: one MIMO system per layer (compress_mimo.py)
+        from .compress_mimo import compress_mimo_model
+
+        return compress_mimo_model(model, spec)
     systems = diagonal_systems(model)
     spec.validate(len(systems))
     horizon = _resolve_horizon(spec, model)
@@ -309,6 +315,12 @@ def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]
     (1 - reduce_min_drop) of its size. With cfg.reduce_rank: every layer larger than the target is
     reduced to it. Returns (model, event), the same model object when nothing changes.
     """
+    from .model import is_mimo
+
+    if is_mimo(model.config):
+        from .compress_mimo import in_training_mimo
+
+        return in_training_mimo(model, cfg)
     systems = diagonal_systems(model)
     new_systems, changed = [], []
     event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}

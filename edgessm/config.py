@@ -16,12 +16,13 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 
-LAYERS = ("s4d", "dss")
+LAYERS = ("s4d", "dss", "lru", "s5")
 INITS = ("skew-hippo", "s4d-lin", "s4d-inv", "random")
 MIXINGS = ("glu", "linear", "none")
 POOLINGS = ("mean", "last", "none")
-NORMS = ("layer", "none")
-ACTIVATIONS = ("gelu", "relu", "tanh", "identity")
+NORMS = ("layer", "batch", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "tanh", "identity")
+S5_DISCRETIZATIONS = ("zoh", "bilinear")
 ENDS = ("linear", "none")
 
 # Upper bounds are sanity limits that stop a typo or a hostile file from allocating gigabytes before
@@ -93,10 +94,20 @@ class ModelConfig:
     n_layers: int = 4           # SSM blocks; 4 reaches 97% on mnist1d (FACTS.md)
     d_state: int = 32           # N complex modes per channel (2N real state numbers)
     layer_d_state: Optional[list[int]] = None  # per-layer N after compression (overrides d_state)
-    layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022)
+    layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022); "lru" (Orvieto et al. 2023), "s5" (Smith et al. 2023): MIMO, d_state modes shared by all channels
     init: str = "s4d-lin"       # S4D-Lin is the S4D paper's default; "skew-hippo" is Ezoe & Sato's baseline
     dt_min: float = 1e-3        # log-uniform Delta range of S4/S4D
     dt_max: float = 1e-1        # upper end of the log-uniform Delta range
+    # LRU ring init (CompreSSM's LRU defaults, which the LRU paper uses for long-range tasks): |lambda| in [r_min, r_max]
+    lru_r_min: float = 0.9      # lower edge of the init ring |lambda| (memory >= 10 steps)
+    lru_r_max: float = 0.999    # upper edge of the init ring (memory up to ~1000 steps)
+    lru_max_phase: float = 6.28  # arg(lambda) uniform on [0, max_phase]
+    # S5 (d_state counts the STORED conjugate-symmetric modes: S5's ssm_size = 2 d_state)
+    s5_blocks: int = 1          # HiPPO-LegS blocks of the init (S5's --blocks); d_state must divide by it
+    s5_discretization: str = "zoh"  # "zoh" (S5's default) or "bilinear"
+    s5_step_rescale: float = 1.0    # multiplies every Delta (S5's change-of-resolution knob, not trained)
+    # The CompreSSM LRU block is norm="batch", activation="gelu_tanh", mixing="glu" (BatchNorm with running
+    # statistics, the tanh GELU of jax.nn.gelu); BatchNorm is per-step at inference, so the step graph folds it.
     # block: SSM -> D skip -> activation -> mixing -> dropout -> residual, pre-norm (S4 repo's default)
     activation: str = "gelu"    # after the SSM and D skip, before mixing (S4D)
     mixing: str = "glu"         # GLU output mixing as in S4D's standalone model
@@ -120,12 +131,19 @@ class ModelConfig:
         """Type and range of every field (a checkpoint's JSON is user input), then the size it implies."""
         for name, allowed in (("layer", LAYERS), ("init", INITS), ("mixing", MIXINGS), ("pooling", POOLINGS),
                               ("norm", NORMS), ("activation", ACTIVATIONS), ("encoder", ENDS), ("decoder", ENDS),
-                              ("task_type", ("classification", "regression"))):
+                              ("task_type", ("classification", "regression")), ("s5_discretization", S5_DISCRETIZATIONS)):
             one_of("config", name, getattr(self, name), allowed)
         for name, (lo, hi) in _MODEL_INTS.items():
             setattr(self, name, integer("config", name, getattr(self, name), lo, hi))
         for name in ("prenorm", "residual", "final_norm"):
             boolean("config", name, getattr(self, name))
+        self.lru_r_min = real("config", "lru_r_min", self.lru_r_min, 0.0, 1.0)
+        self.lru_r_max = real("config", "lru_r_max", self.lru_r_max, 0.0, 1.0)
+        if not self.lru_r_min < self.lru_r_max:
+            raise ConfigError(f"config needs 0 <= lru_r_min < lru_r_max <= 1, got {self.lru_r_min}, {self.lru_r_max}")
+        self.lru_max_phase = real("config", "lru_max_phase", self.lru_max_phase, 0.0, 2 * math.pi + 1e-6)
+        self.s5_blocks = integer("config", "s5_blocks", self.s5_blocks, 1, 1 << 14)
+        self.s5_step_rescale = real("config", "s5_step_rescale", self.s5_step_rescale, 0.0, None, lo_open=True)
         if self.encoder == "none" and (self.vocab_size > 0 or self.d_input != self.d_model):
             raise ConfigError(f"config.encoder='none' feeds the input straight into the blocks, so it needs vocab_size=0 and "
                               f"d_input == d_model, got vocab_size={self.vocab_size}, d_input={self.d_input}, d_model={self.d_model}")

@@ -22,18 +22,23 @@ enter the map).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import ConfigError, UnstableSystemError
 from .init import init_C, init_lambda, init_log_dt
+from .layers_mimo import MIMO_SSM_PARAM_NAMES, LRULayer, S5Layer
 from .ssm import DiagonalSSM
 
-__all__ = ["S4DLayer", "DSSLayer", "SSM_PARAM_NAMES", "make_layer"]
+__all__ = ["S4DLayer", "DSSLayer", "LRULayer", "S5Layer", "SSM_PARAM_NAMES", "LAYER_FAMILIES", "build_layer",
+           "make_layer"]
 
-# Parameters that S4 trains with their own learning rate and no weight decay (Gu et al. 2022, App. D).
-SSM_PARAM_NAMES = ("log_dt", "log_A_real", "A_imag")
+# Parameters that S4 trains with their own learning rate and no weight decay (Gu et al. 2022, App. D),
+# and the MIMO layers' counterparts (layers_mimo.py).
+SSM_PARAM_NAMES = ("log_dt", "log_A_real", "A_imag") + MIMO_SSM_PARAM_NAMES
 
 # Above this many complex entries the (H N L) Vandermonde is formed in channel blocks (memory bound).
 _VANDERMONDE_BLOCK = 1 << 22
@@ -114,6 +119,11 @@ class _DiagonalLayer(nn.Module):
         x = x + (a_hi * x + (a_lo * x + B_bar * u.unsqueeze(-1).to(x.dtype)))
         y = 2.0 * torch.einsum("hn,bhn->bh", C, x).real + u * self.D  # (B H)
         return y.to(u.dtype), x
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The complex step state's shape without the batch axis."""
+        return (self.H, self.N)
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.complex64) -> torch.Tensor:
         return torch.zeros(batch, self.H, self.N, dtype=dtype, device=self.D.device)  # (B H N)
@@ -202,11 +212,37 @@ class DSSLayer(_DiagonalLayer):
         self.A_imag.copy_(torch.from_numpy(shared.imag.copy()).to(self.A_imag))
 
 
+# ---- the layer-family registry: config.layer -> a builder of layer i from the ModelConfig -----------
+
+LAYER_FAMILIES: dict[str, Callable[..., nn.Module]] = {
+    "s4d": lambda cfg, i, seed=None: S4DLayer(cfg.d_model, cfg.n_modes(i), cfg.init, cfg.dt_min, cfg.dt_max, seed),
+    "dss": lambda cfg, i, seed=None: DSSLayer(cfg.d_model, cfg.n_modes(i), cfg.init, cfg.dt_min, cfg.dt_max, seed),
+    "lru": lambda cfg, i, seed=None: LRULayer(cfg.d_model, cfg.n_modes(i), cfg.lru_r_min, cfg.lru_r_max,
+                                              cfg.lru_max_phase, seed),
+    "s5": lambda cfg, i, seed=None: S5Layer(cfg.d_model, cfg.n_modes(i), cfg.dt_min, cfg.dt_max, _s5_blocks(cfg, i),
+                                            cfg.s5_discretization, cfg.s5_step_rescale, seed),
+}
+
+
+def _s5_blocks(cfg, i: int) -> int:
+    """S5's init blocks; a reduced layer (per-layer sizes, parameters loaded after construction) of a size
+    the blocks do not divide is built with one block, since its init is overwritten anyway."""
+    n, b = cfg.n_modes(i), int(cfg.s5_blocks)
+    return b if cfg.layer_d_state is None or n % b == 0 else 1
+
+
+def build_layer(cfg, i: int, seed: int | None = None) -> nn.Module:
+    """Layer i of the model described by cfg (a ModelConfig)."""
+    if cfg.layer not in LAYER_FAMILIES:
+        raise ConfigError(f"layer {cfg.layer!r} is not one of {', '.join(LAYER_FAMILIES)}")
+    return LAYER_FAMILIES[cfg.layer](cfg, i, seed)
+
+
 def make_layer(kind: str, H: int, N: int, init: str, dt_min: float, dt_max: float,
                seed: int | None = None) -> _DiagonalLayer:
-    if kind == "s4d":
-        return S4DLayer(H, N, init, dt_min, dt_max, seed)
-    if kind == "dss":
-        return DSSLayer(H, N, init, dt_min, dt_max, seed)
-    raise ConfigError(f"layer {kind!r} is not one of s4d, dss")
+    """A SISO layer from loose arguments (kept for callers that have no ModelConfig)."""
+    if kind not in ("s4d", "dss"):
+        raise ConfigError(f"layer {kind!r} is not one of s4d, dss")
+    cls = S4DLayer if kind == "s4d" else DSSLayer
+    return cls(H, N, init, dt_min, dt_max, seed)
 

@@ -5,8 +5,9 @@ Dimensions: B batch, L length, H = d_model channels, N_i modes of layer i, O = d
     x (B L d_input) | tokens (B L)
       -> encoder: Linear(d_input, H) | Embedding(vocab, H) | none         (B L H)
       -> n_layers x Block:                                                (B L H)
-           z = LayerNorm(h)            (prenorm; postnorm applies it after the residual)
-           z = SSM(z) + D z            (S4D or DSS layer, FFT conv / step)
+           z = Norm(h)                 (LayerNorm, or BatchNorm with running statistics at inference;
+                                        prenorm; postnorm applies it after the residual)
+           z = SSM(z) + D z            (S4D, DSS, LRU or S5 layer, FFT conv / step)
            z = dropout(activation(z))
            z = dropout(mixing(z))      (GLU: Linear(H, 2H) + GLU; or Linear(H, H); or none)
            h = h + z                   (residual=False: h = z)
@@ -20,24 +21,64 @@ imported single layer (an S4Block or DSS layer for someone's own backbone) is he
 Every operation is causal and per-step except the SSM, so ``step`` (one time step, explicit state)
 reproduces ``forward`` at every step. A classification prediction is the output at the last valid step.
 
-Step state (``init_state``): one c(B H N_i) complex64 tensor per SSM layer, then, for mean pooling,
+Step state (``init_state``): one complex64 tensor per SSM layer, c(B H N_i) for a SISO layer (S4D,
+DSS) and c(B P_i) for a MIMO one (LRU, S5: one state shared by all channels), then, for mean pooling,
 r(B O+1) float32 holding [running mean (O), steps seen (1)].
+
+The CompreSSM LRU block (Chahine et al. 2025) is norm="batch", activation="gelu_tanh", mixing="glu":
+h + dropout(GLU(dropout(GELU(LRU(BatchNorm(h)))))), no final norm.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import SSM_PARAM_NAMES, make_layer
+from .layers import SSM_PARAM_NAMES, build_layer
+from .mimo import MimoSSM
 from .ssm import DiagonalSSM
 
-__all__ = ["SSMModel", "Block", "diagonal_systems", "with_diagonal_systems", "model_from_systems"]
+__all__ = ["SSMModel", "Block", "diagonal_systems", "with_diagonal_systems", "model_from_systems", "layer_systems",
+           "with_mimo_systems", "is_mimo"]
 
-_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+_ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU,
+                "tanh": nn.Tanh, "identity": nn.Identity}
+
+MIMO_LAYERS = ("lru", "s5")
+
+
+def is_mimo(cfg: ModelConfig) -> bool:
+    """True for layer families whose P modes are shared by all channels (one MimoSSM per layer)."""
+    return cfg.layer in MIMO_LAYERS
+
+
+class ChannelBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channel axis of r(B L H) or r(B H) (statistics over batch and L in training).
+
+    CompreSSM's eqx BatchNorm (mode "ema"): no affine, eps 1e-5, running statistics
+    m <- 0.99 m + 0.01 batch (torch momentum 0.01). torch's running variance averages the unbiased batch
+    variance, eqx's the biased one (a factor n / (n - 1), n = B L); inference uses the stored statistics.
+    """
+
+    def __init__(self, H: int):
+        super().__init__(H, eps=1e-5, momentum=0.01, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return super().forward(x)
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "layer":
+        return nn.LayerNorm(cfg.d_model)
+    if cfg.norm == "batch":
+        return ChannelBatchNorm(cfg.d_model)
+    return nn.Identity()
 
 
 class Block(nn.Module):
@@ -46,8 +87,8 @@ class Block(nn.Module):
         H = cfg.d_model
         self.prenorm = cfg.prenorm
         self.residual = cfg.residual
-        self.norm = nn.LayerNorm(H) if cfg.norm == "layer" else nn.Identity()
-        self.ssm = make_layer(cfg.layer, H, cfg.n_modes(i), cfg.init, cfg.dt_min, cfg.dt_max)
+        self.norm = _norm(cfg)
+        self.ssm = build_layer(cfg, i)
         self.activation = _ACTIVATIONS[cfg.activation]()
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.mixing == "glu":
@@ -69,7 +110,7 @@ class Block(nn.Module):
         return self._after_ssm(h, self.ssm(z))
 
     def step(self, h: torch.Tensor, x: torch.Tensor, params=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """h r(B H), x c(B H N) -> (h_next r(B H), x_next c(B H N))."""
+        """h r(B H), x c(B H N) (MIMO: c(B P)) -> (h_next r(B H), x_next)."""
         z = self.norm(h) if self.prenorm else h
         z, x = self.ssm.step(z, x, params)
         return self._after_ssm(h, z), x
@@ -104,7 +145,7 @@ class SSMModel(nn.Module):
 
     # ---- step mode -------------------------------------------------------------------------
     def init_state(self, batch: int) -> list[torch.Tensor]:
-        state = [blk.ssm.init_state(batch) for blk in self.blocks]  # c(B H N_i) each
+        state = [blk.ssm.init_state(batch) for blk in self.blocks]  # c(B H N_i) or c(B P_i) each
         if self.config.pooling == "mean":
             state.append(torch.zeros(batch, self.config.d_output + 1, device=self.device))  # (B O+1)
         return state
@@ -145,12 +186,13 @@ class SSMModel(nn.Module):
 
     def state_size(self) -> list[int]:
         """Real state numbers per layer: 2 per active complex mode, 1 per real mode, 0 per padding mode
-        (DiagonalSSM.real_state_dims). The step graph carries 2 floats per stored mode: ``step_state_floats``."""
-        return [int(blk.ssm.to_diagonal().real_state_dims().sum()) for blk in self.blocks]
+        (DiagonalSSM.real_state_dims / MimoSSM.real_state_dims). The step graph carries 2 floats per stored
+        complex state number: ``step_state_floats``."""
+        return [int(np.sum(s.real_state_dims())) for s in layer_systems(self)]
 
     def step_state_floats(self) -> list[int]:
-        """Floats per layer in the step state as the graph and ``step`` carry it (2 per stored mode and channel)."""
-        return [2 * self.config.d_model * blk.ssm.N for blk in self.blocks]
+        """Floats per layer in the step state as the graph and ``step`` carry it (2 per stored complex number)."""
+        return [2 * math.prod(blk.ssm.state_shape) for blk in self.blocks]
 
 
 def diagonal_systems(model: SSMModel) -> list[DiagonalSSM]:
@@ -229,3 +271,32 @@ def model_from_systems(config: ModelConfig, systems: list[DiagonalSSM], weights:
             C_model = torch.from_numpy(sys.C * sys.B) / B_bar  # (H N)
             blk.ssm.C.copy_(torch.view_as_real(C_model).to(blk.ssm.C))
     return model
+
+
+def layer_systems(model: SSMModel) -> list[Union[DiagonalSSM, MimoSSM]]:
+    """Each SSM layer's float64 system: a DiagonalSSM (SISO layers) or a MimoSSM (LRU, S5)."""
+    return [blk.ssm.to_system() if is_mimo(model.config) else blk.ssm.to_diagonal() for blk in model.blocks]
+
+
+def with_mimo_systems(model: SSMModel, systems: list[MimoSSM]) -> SSMModel:
+    """A new model of the same MIMO family equal to ``model`` except that layer i realises ``systems[i]`` (any P_i).
+
+    Keeps every non-SSM weight (BatchNorm statistics included); an S5 layer keeps its old mean Delta.
+    """
+    if not is_mimo(model.config):
+        raise ValueError("with_mimo_systems takes an LRU or S5 model; use with_diagonal_systems")
+    if len(systems) != len(model.blocks):
+        raise ValueError(f"expected {len(model.blocks)} systems, got {len(systems)}")
+    cfg = model.config.replace(layer_d_state=[s.N for s in systems])
+    new = SSMModel(cfg).to(model.device)
+    own = {k: v for k, v in model.state_dict().items() if ".ssm." not in k}
+    missing, _ = new.load_state_dict(own, strict=False)
+    if any(".ssm." not in k for k in missing):
+        raise RuntimeError(f"with_mimo_systems: non-SSM weights missing: {missing}")
+    for i, (blk_new, blk_old, sys) in enumerate(zip(new.blocks, model.blocks, systems)):
+        if cfg.layer == "s5":
+            blk_new.ssm.load_system(sys, layer=i, delta=blk_old.ssm.mean_delta())
+        else:
+            blk_new.ssm.load_system(sys, layer=i)
+    new.provenance = dict(model.provenance)
+    return new

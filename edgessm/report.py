@@ -33,10 +33,10 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
         meta = read_metadata(p)
         return {"file": str(p), "kind": "onnx", "bytes": p.stat().st_size, **meta}
     from .checkpoint import load
-    from .model import diagonal_systems
+    from .model import layer_systems
 
     model = load(p)
-    systems = diagonal_systems(model)
+    systems = layer_systems(model)  # DiagonalSSM per SISO layer, MimoSSM per LRU / S5 layer
     prov = dict(model.provenance)
     prov.pop("history", None)  # per-epoch validation log: in the file, too long for a description
     return {

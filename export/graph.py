@@ -37,8 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgessm.errors import ExportError
 
-from .lowering import (BlockParams, LayerNormParams, LinearParams, ModelParams, chunk_matrix, step_elementwise,
-                       step_matrices)
+from .lowering import (BlockParams, LayerNormParams, LinearParams, MimoSSMParams, ModelParams, chunk_matrix,
+                       mimo_step_diag, mimo_step_gemms, step_elementwise, step_matrices)
 
 __all__ = ["TARGETS", "build_step_graph", "build_chunk_graph", "node_counts", "state_specs", "MIN_OPSET"]
 
@@ -114,6 +114,15 @@ class _Builder:
             # 0.5 x (1 + erf(x / sqrt 2)): torch's exact GELU, in the pattern onnxruntime fuses
             e = self.op("Erf", [self.op("Div", [x, self.w(math.sqrt(2.0))])])
             return self.op("Mul", [self.op("Mul", [x, self.op("Add", [e, self.w(1.0)])]), self.w(0.5)])
+        if kind == "gelu_tanh":
+            if self.opset >= GELU_OPSET:
+                return self.op("Gelu", [x], approximate="tanh")
+            # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): torch's GELU(approximate="tanh")
+            x3 = self.op("Mul", [self.op("Mul", [x, x]), x])
+            inner = self.op("Mul", [self.op("Add", [x, self.op("Mul", [x3, self.w(0.044715)])]),
+                                    self.w(math.sqrt(2.0 / math.pi))])
+            return self.op("Mul", [self.op("Mul", [x, self.op("Add", [self.op("Tanh", [inner]), self.w(1.0)])]),
+                                   self.w(0.5)])
         if kind == "relu":
             return self.op("Relu", [x])
         if kind == "tanh":
@@ -165,6 +174,39 @@ def _ssm_step_matrix(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams) 
     return g.op("Einsum", [XU, g.const(c["R"], name="R")], equation="bhi,hi->bh")  # (B H) from the old state
 
 
+# Up to this P / H the MIMO update is one dense Gemm over [X | z] (4 nodes a layer); above it the
+# (2P+H) x 2P matrix is mostly the zeros of the diagonal a - 1 and the update goes elementwise
+# (9 nodes). bench/mimo_step_latency.py measures both forms (docs/results.md).
+MIMO_DENSE_MAX_P_OVER_H = 1.0
+
+
+def _ssm_step_mimo(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams) -> str:
+    """LRU / S5: z r(B H) f32, X r(B 2P) -> y r(B H); the readout is one Gemm over [X | z] from the old state,
+    the update one Gemm over [X | z] (P <= MIMO_DENSE_MAX_P_OVER_H * H) or elementwise on X plus a Gemm on z."""
+    P, H = blk.ssm.N, blk.ssm.D.shape[0]
+    XU = g.op("Concat", [X, z], axis=1)                                        # (B 2P+H)
+    if P <= MIMO_DENSE_MAX_P_OVER_H * H:
+        c = mimo_step_gemms(blk.ssm)
+        d = g.op("Gemm", [XU, g.const(c["M"], name="M"), g.const(c["bd"], name="b")])  # (B 2P) delta
+    else:
+        c = mimo_step_diag(blk.ssm)
+        Xr, Xi = g.op("Split", [X, g.ints([P, P])], n_out=2, axis=1)
+        Xs = g.op("Concat", [Xi, Xr], axis=1)                                  # (B 2P) [Im | Re]
+        d = g.op("Sum", [g.op("Mul", [X, g.const(c["Ac"], name="A")]), g.op("Mul", [Xs, g.const(c["As"], name="A")]),
+                         g.op("Gemm", [z, g.const(c["Bm"], name="B"), g.const(c["bd"], name="b")])])  # (B 2P)
+    g.op("Add", [X, d], out=X_out)                                             # delta form
+    return g.op("Gemm", [XU, g.const(c["R"], name="R"), g.const(c["by"], name="b")])  # (B H) from the old state
+
+
+def _per_block(ssm):
+    """The SISO form ``ssm`` for S4D/DSS blocks, the Gemm form for LRU/S5 blocks."""
+    def pick(g, z, X, X_out, blk):
+        if isinstance(blk.ssm, MimoSSMParams):
+            return _ssm_step_mimo(g, z, X, X_out, blk)
+        return ssm(g, z, X, X_out, blk)
+    return pick
+
+
 def _ssm_chunk(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T: int) -> str:
     """z r(B T H) f32, X r(B H 2N) -> y r(B T H); Toeplitz + Vandermonde + state in one Einsum (6 nodes)."""
     N = blk.ssm.N
@@ -179,7 +221,11 @@ def _ssm_chunk(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T: int
 # ---- whole graphs --------------------------------------------------------------------------------
 def state_specs(mp: ModelParams) -> list[tuple[str, list[int], str]]:
     """(suffix, shape without batch, layout) of every state, in graph order."""
-    out = [(str(i), [mp.H, 2 * b.ssm.N],
+    out = [(str(i), [2 * b.ssm.N],
+            f"(2P,) = ({2 * b.ssm.N},): [Re x_1..x_P | Im x_1..x_P] of the layer's complex MIMO state x, shared "
+            "by all channels (MimoSSM convention, updated state x_k = a x_(k-1) + B u_k); zeros = initial")
+           if isinstance(b.ssm, MimoSSMParams) else
+           (str(i), [mp.H, 2 * b.ssm.N],
             f"(H, 2N) = (H={mp.H}, 2N={2 * b.ssm.N}): [Re x_1..x_N | Im x_1..x_N] of the layer's complex "
             "diagonal state x (DiagonalSSM convention, updated state x_k = A x_(k-1) + B u_k); zeros = initial")
            for i, b in enumerate(mp.blocks)]
@@ -267,7 +313,7 @@ def build_step_graph(mp: ModelParams, target: str = "cpu", fp16: bool = False, o
     """The one-step graph (module docstring); metadata is added by the caller."""
     _check(mp, target, opset)
     g = _Builder(fp16, opset)
-    ssm = _ssm_step_elementwise if target == "cpu" else _ssm_step_matrix
+    ssm = _per_block(_ssm_step_elementwise if target == "cpu" else _ssm_step_matrix)
     h = _blocks(g, mp, _encode(g, mp, rank2=True), ssm, rank2=True, split_glu=target == "cpu")  # (B H)
     g.section = "head"
     y = _decode(g, mp, h, rank2=True)                                         # (B O) float32
@@ -287,6 +333,9 @@ def build_chunk_graph(mp: ModelParams, T: int, fp16: bool = False, opset: int = 
     _check(mp, target, opset)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ExportError(f"chunk length {T!r} must be a positive integer")
+    if any(isinstance(b.ssm, MimoSSMParams) for b in mp.blocks):
+        raise ExportError("the chunk graph is not available for LRU / S5 models yet; export the step graph "
+                          "(leave out --chunk)")
     T = int(T)
     g = _Builder(fp16, opset)
 

@@ -34,10 +34,12 @@ import torch
 from torch import nn
 
 from edgessm.errors import EdgeSSMError, ExportError
+from edgessm.mimo import MimoSSM
 from edgessm.ssm import DiagonalSSM, cexpm1
 
-__all__ = ["LayerNormParams", "LinearParams", "SSMParams", "BlockParams", "ModelParams", "lower_model",
-           "step_elementwise", "step_matrices", "chunk_matrix", "cexpm1"]
+__all__ = ["LayerNormParams", "LinearParams", "SSMParams", "MimoSSMParams", "BlockParams", "ModelParams",
+           "lower_model", "step_elementwise", "step_matrices", "mimo_step_gemms", "mimo_step_diag", "chunk_matrix",
+           "cexpm1"]
 
 
 @dataclass
@@ -73,10 +75,36 @@ class SSMParams:
 
 
 @dataclass
+class MimoSSMParams:
+    """An LRU / S5 layer's step constants (one state of P modes for all H channels), complex128.
+
+    The CompreSSM block's pre-SSM BatchNorm (inference: z = scale * h + shift per channel) is folded
+    into the input side of the step (``mimo_step_gemms``); scale = 1, shift = 0 without it.
+    """
+
+    A_m1: np.ndarray   # c(P)   a - 1 = expm1(log a)
+    B: np.ndarray      # c(P H) B_bar
+    C: np.ndarray      # c(H P)
+    D: np.ndarray      # r(H)
+    factor: float      # y = factor Re(C x) + D u
+    scale: np.ndarray  # r(H)
+    shift: np.ndarray  # r(H)
+
+    @property
+    def N(self) -> int:
+        return self.A_m1.shape[0]
+
+    def real_state_numbers(self) -> int:
+        from edgessm.mimo import MimoSSM
+
+        return int(MimoSSM(1.0 + self.A_m1, self.B, self.C, self.D, self.factor).real_state_dims())
+
+
+@dataclass
 class BlockParams:
     norm: Optional[LayerNormParams]
     prenorm: bool
-    ssm: SSMParams
+    ssm: "SSMParams | MimoSSMParams"
     activation: str                 # gelu | relu | tanh | identity
     mixing: str                     # glu | linear | none
     mix: Optional[LinearParams]     # (H 2H) for glu, (H H) for linear
@@ -120,7 +148,38 @@ def _layernorm(mod: nn.Module, where: str) -> Optional[LayerNormParams]:
     return LayerNormParams(gamma, beta, float(mod.eps))
 
 
-_ACT_TYPES = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+_ACT_TYPES = {"gelu": nn.GELU, "gelu_tanh": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+def mimo_ssm_params(sys: MimoSSM, norm: nn.Module, prenorm: bool, H: int, where: str
+                    ) -> tuple[MimoSSMParams, Optional[LayerNormParams]]:
+    """An LRU / S5 layer's step constants from its system, with a prenorm BatchNorm folded in;
+    -> (params, norm left in the graph). A_m1 = expm1(log A) from the exact log the layer supplied."""
+    scale, shift, keep = np.ones(H), np.zeros(H), None
+    if isinstance(norm, nn.BatchNorm1d):
+        if not prenorm:
+            raise ExportError(f"{where}: BatchNorm after the residual (prenorm=False) is not supported; "
+                              "export folds a prenorm BatchNorm into the SSM step")
+        if norm.running_mean is None or norm.running_var is None:
+            raise ExportError(f"{where}: BatchNorm without running statistics cannot be exported")
+        scale = 1.0 / np.sqrt(_np(norm.running_var) + norm.eps)  # (H) inference BatchNorm
+        shift = -_np(norm.running_mean) * scale
+        if norm.affine:
+            scale, shift = scale * _np(norm.weight), shift * _np(norm.weight) + _np(norm.bias)
+    else:
+        keep = _layernorm(norm, f"{where} norm")
+    if not sys.is_finite():
+        raise ExportError(f"{where}: NaN/Inf in the SSM parameters; retrain or use an earlier checkpoint")
+    if not sys.is_stable():
+        raise ExportError(f"{where}: an SSM mode has |a| >= 1 (unstable); fix the weights")
+    if np.any(sys.D != np.diag(np.diag(sys.D))):
+        raise ExportError(f"{where}: the step graph carries a diagonal D (a skip per channel); this system's D is full")
+    p = MimoSSMParams(A_m1=cexpm1(sys.log_a()), B=sys.B.copy(), C=sys.C.copy(), D=np.diag(sys.D).copy(),
+                      factor=float(sys.c), scale=scale, shift=shift)  # c(P) c(P H) c(H P) r(H)
+    for name in ("A_m1", "scale", "shift"):
+        if not np.all(np.isfinite(getattr(p, name))):
+            raise ExportError(f"{where}: NaN/Inf in the SSM parameters; retrain or use an earlier checkpoint")
+    return p, keep
 
 
 def ssm_params(sys: DiagonalSSM, where: str) -> SSMParams:
@@ -157,27 +216,31 @@ def lower_model(model: nn.Module) -> ModelParams:
         mp.embedding = _np(model.encoder.weight)  # (V H)
     else:
         mp.encoder = _linear(model.encoder, "encoder")
-    from edgessm.model import diagonal_systems
+    from edgessm.model import layer_systems
 
-    systems = diagonal_systems(model)  # the SSM part is lowered from the systems, never from layer internals
+    systems = layer_systems(model)  # the SSM part is lowered from the systems, never from layer internals
     for i, blk in enumerate(model.blocks):
         where = f"block {i}"
         act = cfg.activation
         if not isinstance(blk.activation, _ACT_TYPES[act]):
             raise ExportError(f"{where}: activation module {type(blk.activation).__name__} does not match "
                               f"config.activation={act!r}; rebuild the model from its config")
-        if act == "gelu" and getattr(blk.activation, "approximate", "none") != "none":
-            raise ExportError(f"{where}: GELU(approximate={blk.activation.approximate!r}) is not supported; "
-                              "export handles the exact erf GELU (torch's default)")
+        want = {"gelu": "none", "gelu_tanh": "tanh"}.get(act)
+        if want is not None and getattr(blk.activation, "approximate", "none") != want:
+            raise ExportError(f"{where}: GELU(approximate={blk.activation.approximate!r}) does not match "
+                              f"config.activation={act!r}; rebuild the model from its config")
         if cfg.mixing == "glu":
             mix = _linear(blk.mixing[0], f"{where} mixing")
         elif cfg.mixing == "linear":
             mix = _linear(blk.mixing, f"{where} mixing")
         else:
             mix = None
-        mp.blocks.append(BlockParams(norm=_layernorm(blk.norm, f"{where} norm"), prenorm=bool(cfg.prenorm),
-                                     ssm=ssm_params(systems[i], where), activation=act, mixing=cfg.mixing, mix=mix,
-                                     residual=bool(cfg.residual)))
+        if isinstance(systems[i], MimoSSM):  # LRU / S5: one MIMO state per layer
+            ssm, norm = mimo_ssm_params(systems[i], blk.norm, bool(cfg.prenorm), H, where)
+        else:
+            ssm, norm = ssm_params(systems[i], where), _layernorm(blk.norm, f"{where} norm")
+        mp.blocks.append(BlockParams(norm=norm, prenorm=bool(cfg.prenorm), ssm=ssm, activation=act,
+                                     mixing=cfg.mixing, mix=mix, residual=bool(cfg.residual)))
     mp.norm_f = _layernorm(model.norm_f, "final norm")
     mp.decoder = None if cfg.decoder == "none" else _linear(model.decoder, "decoder")
     for name, arr in _arrays(mp):
@@ -251,6 +314,48 @@ def step_matrices(p: SSMParams) -> dict[str, np.ndarray]:
     w = p.C * (1.0 + p.A_m1)         # C A_bar  c(H N)
     R = np.concatenate([2 * w.real, -2 * w.imag, (2 * np.sum(p.C * p.B, -1).real + p.D)[:, None]], -1)  # (H 2N+1)
     return {"M": M, "R": R}
+
+
+def mimo_step_gemms(p: MimoSSMParams) -> dict[str, np.ndarray]:
+    """Constants of the Gemm-shaped MIMO step on XU = [X | h] r(B 2P+H), X = [Re x | Im x] r(B 2P).
+
+    With u = scale * h + shift (the folded BatchNorm) and x' = x + ((a - 1) x + B u):
+        delta = XU @ M + bd           M r(2P+H 2P), bd r(2P)
+        y     = XU @ R + by           R r(2P+H H),  by r(H)
+    reading the output from the old state, y = c Re(C a x) + (c Re(C B) + D) u (exact algebra), so both
+    are one Gemm over the same [X | h]. a = 1 + (a - 1) is formed in float64 before rounding.
+    """
+    P, H = p.N, p.D.shape[0]
+    am = p.A_m1
+    M = np.zeros((2 * P + H, 2 * P))
+    n = np.arange(P)
+    M[n, n] = am.real            # Re d += ar xr
+    M[P + n, n] = -am.imag       # Re d -= ai xi
+    M[P + n, P + n] = am.real    # Im d += ar xi
+    M[n, P + n] = am.imag        # Im d += ai xr
+    Bs = p.B * p.scale[None, :]  # (P H) B diag(scale)
+    M[2 * P:, :P] = Bs.real.T
+    M[2 * P:, P:] = Bs.imag.T
+    bd = np.concatenate([(p.B @ p.shift).real, (p.B @ p.shift).imag])  # (2P) B shift
+    Ca = p.factor * p.C * (1.0 + am)[None, :]  # (H P) c C diag(a)
+    Ku = p.factor * (p.C @ p.B).real + np.diag(p.D)  # (H H) feedthrough of u
+    R = np.zeros((2 * P + H, H))
+    R[:P] = Ca.real.T
+    R[P:2 * P] = -Ca.imag.T
+    R[2 * P:] = (Ku * p.scale[None, :]).T
+    by = Ku @ p.shift  # (H)
+    return {"M": M, "bd": bd, "R": R, "by": by}
+
+
+def mimo_step_diag(p: MimoSSMParams) -> dict[str, np.ndarray]:
+    """Constants of the MIMO step with the diagonal update elementwise (large P: no (2P)^2 matrix).
+
+    delta = Ac * X + As * [Im | Re] + (h @ Bm + bd),  X' = X + delta,  y = XU @ R + by (as mimo_step_gemms).
+    """
+    g = mimo_step_gemms(p)
+    P, am = p.N, p.A_m1
+    return {"Ac": np.concatenate([am.real, am.real]), "As": np.concatenate([-am.imag, am.imag]),  # r(2P)
+            "Bm": g["M"][2 * P:], "bd": g["bd"], "R": g["R"], "by": g["by"]}
 
 
 def chunk_matrix(p: SSMParams, T: int) -> np.ndarray:

@@ -99,8 +99,9 @@ def reference(model: torch.nn.Module, xs: np.ndarray) -> dict[str, np.ndarray]:
             h.remove()
     ref["y@float64"] = y64
     for i, (blk, u) in enumerate(zip(m64.blocks, inputs)):
-        _, s = blk.ssm.to_diagonal().reference_recurrence(u)  # c(B H N), complex128 oracle
-        ref[f"present_state.{i}"] = np.concatenate([s.real, s.imag], -1)  # (B H 2N) [Re | Im]
+        system = blk.ssm.to_system() if hasattr(blk.ssm, "to_system") else blk.ssm.to_diagonal()  # MimoSSM | DiagonalSSM
+        _, s = system.reference_recurrence(u)  # c(B H N) or c(B P), complex128 oracle
+        ref[f"present_state.{i}"] = np.concatenate([s.real, s.imag], -1)  # (B H 2N) | (B 2P) [Re | Im]
     if model.config.pooling == "mean":
         L = xs.shape[1]
         ref["present_state.pool"] = np.concatenate([y64[:, -1], np.full((xs.shape[0], 1), float(L))], 1)

@@ -174,8 +174,8 @@ def check_selector(rank, energy, tol, layer) -> None:
 
 
 
-def bound_floor(sys: DiagonalSSM, red: DiagonalSSM) -> np.ndarray:
-    """r(H): float64 floor of the certified bound of reducing sys to red (FLOOR_FACTOR)."""
+def bound_floor(sys, red) -> np.ndarray:
+    """r(H): float64 floor of the certified bound of reducing sys to red (FLOOR_FACTOR); DiagonalSSM or MimoSSM."""
     n = np.maximum(sys.real_state_dims(), 1)  # (H)
     return FLOOR_FACTOR * np.finfo(np.float64).eps * n * (sys.sensitivity() + red.sensitivity())
 
