@@ -129,7 +129,7 @@ def _check_dims(path, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> N
 
     A few bytes of JSON can ask for a model of gigabytes (n_layers = 1e6 in a 14 KB file); the tensors
     that fix each size (encoder: d_input or vocab x H; decoder: O x H, when the config has them; each
-    block's C: H x N_i x 2) must be there with those shapes. The full name-by-name comparison follows
+    block's size tensor, layers.SIZE_TENSORS) must be there with those shapes. The full name-by-name comparison follows
     once the model is built.
     """
     H = cfg.d_model
@@ -138,7 +138,11 @@ def _check_dims(path, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> N
         want["encoder.weight"] = (cfg.vocab_size, H) if cfg.vocab_size > 0 else (H, cfg.d_input)
     if cfg.decoder == "linear":
         want["decoder.weight"] = (cfg.d_output, H)
-    want.update({f"blocks.{i}.ssm.C": (H, cfg.n_modes(i), 2) for i in range(cfg.n_layers)})
+    from .layers import SIZE_TENSORS
+
+    for i in range(cfg.n_layers):
+        name, shape = SIZE_TENSORS[cfg.layer](H, cfg.n_modes(i))
+        want[f"blocks.{i}.ssm.{name}"] = shape
     blocks = {k.split(".")[1] for k in shapes if k.startswith("blocks.") and k.count(".") >= 2}
     if blocks != {str(i) for i in range(cfg.n_layers)}:
         raise CheckpointError(f"checkpoint {path} does not match its config: config.n_layers={cfg.n_layers} but the "

@@ -33,7 +33,7 @@ from .init import init_C, init_lambda, init_log_dt
 from .layers_mimo import MIMO_SSM_PARAM_NAMES, LRULayer, S5Layer
 from .ssm import DiagonalSSM
 
-__all__ = ["S4DLayer", "DSSLayer", "LRULayer", "S5Layer", "SSM_PARAM_NAMES", "LAYER_FAMILIES", "build_layer",
+__all__ = ["S4DLayer", "DSSLayer", "LRULayer", "S5Layer", "SSM_PARAM_NAMES", "LAYER_FAMILIES", "SIZE_TENSORS", "build_layer",
            "make_layer"]
 
 # Parameters that S4 trains with their own learning rate and no weight decay (Gu et al. 2022, App. D),
@@ -221,6 +221,16 @@ LAYER_FAMILIES: dict[str, Callable[..., nn.Module]] = {
                                               cfg.lru_max_phase, seed),
     "s5": lambda cfg, i, seed=None: S5Layer(cfg.d_model, cfg.n_modes(i), cfg.dt_min, cfg.dt_max, _s5_blocks(cfg, i),
                                             cfg.s5_discretization, cfg.s5_step_rescale, seed),
+}
+
+
+# The registry's second column: which stored tensor of a family fixes (H, N), so a checkpoint's config can
+# be checked against its tensor shapes before anything is built (checkpoint.py).
+SIZE_TENSORS: dict[str, Callable[[int, int], tuple[str, tuple[int, ...]]]] = {
+    "s4d": lambda H, N: ("C", (H, N, 2)),
+    "dss": lambda H, N: ("C", (H, N, 2)),
+    "lru": lambda H, N: ("C_re", (H, N)),
+    "s5": lambda H, N: ("C_re", (H, N)),
 }
 
 

@@ -194,7 +194,8 @@ MAX_GRAPH_BYTES = 1 << 30
 def chunk_graph_bytes(mp: ModelParams, T: int, fp16: bool = False) -> int:
     """Weight bytes of a T-step chunk graph: one (H, 2N+T, 2N+T) matrix per layer plus the (T, T) pooling sums."""
     item = 2 if fp16 else 4
-    return sum(item * b.ssm.H * (2 * b.ssm.N + T) ** 2 for b in mp.blocks) + 4 * T * T
+    # a MIMO layer has no chunk graph (build_chunk_graph refuses it with the reason); count nothing for it
+    return sum(item * b.ssm.H * (2 * b.ssm.N + T) ** 2 for b in mp.blocks if hasattr(b.ssm, "H")) + 4 * T * T
 
 
 def _check_chunk_size(mp: ModelParams, T: int, fp16: bool) -> None:
