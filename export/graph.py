@@ -36,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgessm.errors import ExportError
+from edgessm.runtime.contract import INPUT_NAME, OUTPUT_NAME, POOL_STATE, past_state, present_state
 
 from .lowering import (BlockParams, LayerNormParams, LinearParams, MimoSSMParams, ModelParams, chunk_matrix,
                        mimo_step_diag, mimo_step_gemms, step_elementwise, step_matrices)
@@ -257,22 +258,22 @@ def _finish(g: _Builder, name: str, inputs, outputs, opset: int) -> onnx.ModelPr
 def _io(mp: ModelParams, lead: list) -> tuple[list, list]:
     specs = state_specs(mp)
     if mp.vocab_size > 0:
-        x = helper.make_tensor_value_info("x", TensorProto.INT64, lead)
+        x = helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT64, lead)
     else:
-        x = helper.make_tensor_value_info("x", F32, [*lead, mp.d_input])
-    inputs = [x] + [helper.make_tensor_value_info(f"past_state.{s}", F32, ["batch", *shape]) for s, shape, _ in specs]
-    outputs = [helper.make_tensor_value_info("y", F32, [*lead, mp.d_output])]
-    outputs += [helper.make_tensor_value_info(f"present_state.{s}", F32, ["batch", *shape]) for s, shape, _ in specs]
+        x = helper.make_tensor_value_info(INPUT_NAME, F32, [*lead, mp.d_input])
+    inputs = [x] + [helper.make_tensor_value_info(past_state(s), F32, ["batch", *shape]) for s, shape, _ in specs]
+    outputs = [helper.make_tensor_value_info(OUTPUT_NAME, F32, [*lead, mp.d_output])]
+    outputs += [helper.make_tensor_value_info(present_state(s), F32, ["batch", *shape]) for s, shape, _ in specs]
     return inputs, outputs
 
 
 def _encode(g: _Builder, mp: ModelParams, rank2: bool) -> str:
     g.section = "encoder"
     if mp.embedding is not None:
-        return g.op("Gather", [g.w(mp.embedding), "x"], axis=0)  # (B H) | (B T H)
+        return g.op("Gather", [g.w(mp.embedding), INPUT_NAME], axis=0)  # (B H) | (B T H)
     if mp.encoder is None:  # config.encoder='none': x is already the H channels
-        return g.to_act("x")
-    return g.linear(g.to_act("x"), mp.encoder, rank2)
+        return g.to_act(INPUT_NAME)
+    return g.linear(g.to_act(INPUT_NAME), mp.encoder, rank2)
 
 
 def _blocks(g: _Builder, mp: ModelParams, h: str, ssm, rank2: bool, split_glu: bool = False) -> str:
@@ -280,7 +281,7 @@ def _blocks(g: _Builder, mp: ModelParams, h: str, ssm, rank2: bool, split_glu: b
         g.section = f"block.{i}"
         z = g.layernorm(h, blk.norm) if blk.prenorm else h
         g.section = f"block.{i}/ssm"
-        y = ssm(g, g.to_f32(z), f"past_state.{i}", f"present_state.{i}", blk)  # float32 recurrence
+        y = ssm(g, g.to_f32(z), past_state(i), present_state(i), blk)  # float32 recurrence
         y = g.to_act(y)
         g.section = f"block.{i}"
         z = g.activation(y, blk.activation)
@@ -297,7 +298,7 @@ def _blocks(g: _Builder, mp: ModelParams, h: str, ssm, rank2: bool, split_glu: b
 
 def _decode(g: _Builder, mp: ModelParams, h: str, rank2: bool) -> str:
     """Final norm and decoder; the last node writes "y" unless mean pooling follows. Returns a float32 tensor."""
-    out = None if mp.pooling == "mean" else "y"
+    out = None if mp.pooling == "mean" else OUTPUT_NAME
     v = g.layernorm(h, mp.norm_f)
     if mp.decoder is None:  # config.decoder='none': the blocks' channels are the output
         if g.fp16:
@@ -319,10 +320,10 @@ def build_step_graph(mp: ModelParams, target: str = "cpu", fp16: bool = False, o
     y = _decode(g, mp, h, rank2=True)                                         # (B O) float32
     if mp.pooling == "mean":
         g.section = "pool"
-        m, c = g.op("Split", ["past_state.pool", g.ints([mp.d_output, 1])], n_out=2, axis=1)  # (B O), (B 1)
+        m, c = g.op("Split", [past_state(POOL_STATE), g.ints([mp.d_output, 1])], n_out=2, axis=1)  # (B O), (B 1)
         c1 = g.op("Add", [c, g.const(1.0)])
-        y = g.op("Add", [m, g.op("Div", [g.op("Sub", [y, m]), c1])], out="y")  # running mean (SSMModel.step)
-        g.op("Concat", [y, c1], out="present_state.pool", axis=1)
+        y = g.op("Add", [m, g.op("Div", [g.op("Sub", [y, m]), c1])], out=OUTPUT_NAME)  # running mean (SSMModel.step)
+        g.op("Concat", [y, c1], out=present_state(POOL_STATE), axis=1)
     inputs, outputs = _io(mp, ["batch"])
     return _finish(g, f"edgessm_step_{target}", inputs, outputs, opset)
 
@@ -349,13 +350,13 @@ def build_chunk_graph(mp: ModelParams, T: int, fp16: bool = False, opset: int = 
     if mp.pooling == "mean":
         # closed form of T running-mean updates: m_t = m0 + sum_{j<=t} (y_j - m0) / (c0 + t + 1)
         g.section = "pool"
-        m, c = g.op("Split", ["past_state.pool", g.ints([O, 1])], n_out=2, axis=1)  # (B O), (B 1)
+        m, c = g.op("Split", [past_state(POOL_STATE), g.ints([O, 1])], n_out=2, axis=1)  # (B O), (B 1)
         mu = g.op("Unsqueeze", [m, g.ints([1])])                                   # (B 1 O)
         cs = g.op("MatMul", [g.const(np.tril(np.ones((T, T)))), g.op("Sub", [y, mu])])  # (B T O) causal sums
         cnt = g.op("Add", [g.op("Unsqueeze", [c, g.ints([1])]), g.const(np.arange(1, T + 1)[:, None])])  # (B T 1)
-        y = g.op("Add", [mu, g.op("Div", [cs, cnt])], out="y")                    # (B T O)
+        y = g.op("Add", [mu, g.op("Div", [cs, cnt])], out=OUTPUT_NAME)                    # (B T O)
         last = g.op("Gather", [y, g.const(T - 1, np.int64, "i")], axis=1)        # (B O)
-        g.op("Concat", [last, g.op("Add", [c, g.const(float(T))])], out="present_state.pool", axis=1)
+        g.op("Concat", [last, g.op("Add", [c, g.const(float(T))])], out=present_state(POOL_STATE), axis=1)
     inputs, outputs = _io(mp, ["batch", T])
     return _finish(g, f"edgessm_chunk{T}", inputs, outputs, opset)
 

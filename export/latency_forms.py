@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from onnx import helper
 
+from edgessm.runtime.contract import OUTPUT_NAME, POOL_STATE, past_state, present_state
+
 from . import graph as G
 from .bench import interleaved_latency
 from .lowering import step_elementwise, step_matrices
@@ -79,20 +81,20 @@ def build_form(mp, ssm="cpu", split_glu=True, skipln=False):
             g.section = f"block.{i}"
             u, h = norm(h, pending, blk.norm)
             g.section = f"block.{i}/ssm"
-            y = ssmf(g, u, f"past_state.{i}", f"present_state.{i}", blk)
+            y = ssmf(g, u, past_state(i), present_state(i), blk)
             g.section = f"block.{i}"
             a = g.activation(y, blk.activation)
             pending = g.glu_two_gemms(a, blk, mp.H) if split_glu else g.mixing(a, blk, True, mp.H)
         g.section = "head"
         v, _ = norm(h, pending, mp.norm_f)
-        y = g.linear(v, mp.decoder, True, out=None if mp.pooling == "mean" else "y")
+        y = g.linear(v, mp.decoder, True, out=None if mp.pooling == "mean" else OUTPUT_NAME)
     if mp.pooling == "mean":
         g.section = "pool"
         O = mp.d_output
-        m, c = g.op("Split", ["past_state.pool", g.ints([O, 1])], n_out=2, axis=1)
+        m, c = g.op("Split", [past_state(POOL_STATE), g.ints([O, 1])], n_out=2, axis=1)
         c1 = g.op("Add", [c, g.const(1.0)])
-        y = g.op("Add", [m, g.op("Div", [g.op("Sub", [y, m]), c1])], out="y")
-        g.op("Concat", [y, c1], out="present_state.pool", axis=1)
+        y = g.op("Add", [m, g.op("Div", [g.op("Sub", [y, m]), c1])], out=OUTPUT_NAME)
+        g.op("Concat", [y, c1], out=present_state(POOL_STATE), axis=1)
     inputs, outputs = G._io(mp, ["batch"])
     model = G._finish(g, f"form_{ssm}", inputs, outputs, G.MIN_OPSET)
     if skipln:
