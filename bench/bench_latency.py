@@ -8,7 +8,7 @@ provider runs) it reports p50/p90/p99 per-step latency, the floor (a one-node gr
 same provider and IO path) and step/floor at p50. Without model paths it builds the fixture graphs
 of tests/test_runtime_graphs.py (needs onnx; this script is workstation tooling, the runtime
 itself never imports onnx): "small" (2 layers, H=4, N=3) and "gpu_md" (4 layers, H=128, N=16,
-plain elementwise ops, the size GPU.md measured on an H100).
+plain elementwise ops, the size measured on an H100, docs/latency.md).
 """
 from __future__ import annotations
 

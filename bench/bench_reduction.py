@@ -6,9 +6,9 @@
 LAPACK calls 20-40x slower by oversubscription.) Two synthetic S4D-Lin workloads of the same size
 (6 x 512 = 3072 channels, 64 stored modes, ZOH, complex normal C), differing in dt:
 - init: dt log-uniform in [1e-3, 1e-1] (the S4 default): HSVs barely decay and the Gramians have
-  full numerical rank 127 (FACTS.md): the worst case for cost;
+  full numerical rank 127: the worst case for cost;
 - coarse: dt log-uniform in [0.05, 0.5]: poles further inside the disc and aliasing
-  (FACTS.md) make the Gramians numerically rank deficient, so the factors stop early.
+  make the Gramians numerically rank deficient, so the factors stop early.
 The cost is set by the Gramians' numerical rank K (pole geometry), not by C: a dense K x K SVD
 per channel dominates. edgessm runs with 1 thread and with every CPU (EDGESSM_THREADS, channel
 chunks on a thread pool); the H-infinity check of the result (what `edgessm compress` adds to

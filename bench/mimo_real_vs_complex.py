@@ -5,7 +5,7 @@
 An LRU layer computes y = Re(C x) + D u: its real input-output map has the poles a_p AND conj(a_p).
 CompreSSM balances the complex system (a, B, C) alone: complex Gramians P = a P a^H + B B^H,
 Q = a^H Q a + C^H C, square-root truncation to r complex modes, re-diagonalised (complex eig), and the
-layer keeps y = Re(C_r x). edgessm balances the conjugate-augmented real map (mimo_bt.py), r stored
+layer keeps y = Re(C_r x). edgessm balances the conjugate-augmented real map (reduce/mimo_bt.py), r stored
 modes. Both are scored by what the layer computes: ||G - G_r||_inf of the REAL map (MimoSSM.hinf_norm,
 largest singular value over frequency), relative to ||G||_inf, per layer; plus edgessm's certified
 bound 2 sum_{i>k} sigma_i for its own reduction.
@@ -42,7 +42,7 @@ def complex_map_bt(sys, r: int):
 
 def main(argv=None) -> dict:
     import edgessm
-    from edgessm.mimo_bt import mimo_balanced_truncation
+    from edgessm.reduce.mimo_bt import mimo_balanced_truncation
     from edgessm.model import layer_systems
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

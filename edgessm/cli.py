@@ -142,16 +142,8 @@ def _scalar_type(tp: Any) -> Optional[type]:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """Each field's trailing ``# comment`` in the dataclass source: the config is the one place it is written."""
-    import inspect
-    import re
-
-    docs: dict[str, str] = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+):[^#]*=[^#]*#\s*(.+)$", line)
-        if m:
-            docs[m.group(1)] = m.group(2).strip()
-    return docs
+    """Each config field's ``help`` metadata: the config dataclass is the one place it is written."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def _field_choices() -> dict[str, tuple[str, ...]]:

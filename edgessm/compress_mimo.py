@@ -1,4 +1,4 @@
-"""Model-level compression of LRU / S5 models: one MIMO system per layer (mimo_bt.py).
+"""Model-level compression of LRU / S5 models: one MIMO system per layer (reduce/mimo_bt.py).
 
 compress.py dispatches here for MIMO layer families; the reports are compress.LayerReport with
 per-layer arrays of length 1 (a MIMO layer is one system, not H channels), so the CLI, the report
@@ -12,14 +12,14 @@ import numpy as np
 
 from .compress import CompressSpec, LayerReport, _num
 from .errors import RankError
-from .mimo_bt import mimo_balanced_truncation
+from .reduce.mimo_bt import mimo_balanced_truncation
 from .model import SSMModel, layer_systems, with_mimo_systems
 
 __all__ = ["compress_mimo_model", "in_training_mimo"]
 
 
 def compress_mimo_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
-    """LRU / S5: balanced truncation of each layer's real MIMO map (mimo_bt.py); one report row per layer."""
+    """LRU / S5: balanced truncation of each layer's real MIMO map (reduce/mimo_bt.py); one report row per layer."""
     systems = layer_systems(model)
     spec.validate(len(systems))
     if spec.method != "balanced" or spec.horizon not in (None, "none"):
@@ -38,7 +38,7 @@ def compress_mimo_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, 
 
 
 def in_training_mimo(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]:
-    """in_training_reducer for LRU / S5: the same rule per layer on the layer's real MIMO map (mimo_bt.py)."""
+    """in_training_reducer for LRU / S5: the same rule per layer on the layer's real MIMO map (reduce/mimo_bt.py)."""
     if cfg.reduce_horizon is not None:
         raise RankError(f"{model.config.layer} layers: in-training reduction has no horizon-aware variant; "
                         "drop --reduce-horizon")

@@ -83,46 +83,51 @@ def boolean(owner: str, name: str, v: Any) -> bool:
 
 
 
+def _field(default: Any, help: str) -> Any:
+    """A config field whose ``help`` (field metadata) is what the CLI shows; the comment beside it says why."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
     # input/output: d_input float features per step, or vocab_size > 0 for int64 tokens (B, L)
-    d_input: int = 1            # mnist1d is one scalar per step
-    d_output: int = 10          # mnist1d has 10 classes
-    vocab_size: int = 0         # > 0: an embedding encoder on int64 tokens instead of a linear one
-    # backbone: the 4 x 64 x 32 S4D that FACTS.md measured at 97.1% on mnist1d in 100 s on 2 cores
-    d_model: int = 64           # H channels
-    n_layers: int = 4           # SSM blocks; 4 reaches 97% on mnist1d (FACTS.md)
-    d_state: int = 32           # N complex modes per channel (2N real state numbers)
-    layer_d_state: Optional[list[int]] = None  # per-layer N after compression (overrides d_state)
-    layer: str = "s4d"          # "s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022); "lru" (Orvieto et al. 2023), "s5" (Smith et al. 2023): MIMO, d_state modes shared by all channels
-    init: str = "s4d-lin"       # S4D-Lin is the S4D paper's default; "skew-hippo" is Ezoe & Sato's baseline
-    dt_min: float = 1e-3        # log-uniform Delta range of S4/S4D
-    dt_max: float = 1e-1        # upper end of the log-uniform Delta range
+    d_input: int = _field(1, 'features per step of a float input')  # mnist1d is one scalar per step
+    d_output: int = _field(10, 'outputs: classes or regression dims')  # mnist1d has 10 classes
+    vocab_size: int = _field(0, '> 0: int64 token input with this vocabulary (an embedding encoder)')  # > 0: an embedding encoder on int64 tokens instead of a linear one
+    # backbone: the 4 x 64 x 32 S4D, measured at 97.1% on mnist1d in 100 s on 2 cores
+    d_model: int = _field(64, 'H channels')
+    n_layers: int = _field(4, 'SSM blocks')  # SSM blocks; 4 reaches 97% on mnist1d
+    d_state: int = _field(32, 'N complex modes per channel (S4D/DSS) or P modes per layer (LRU/S5)')  # N complex modes per channel (2N real state numbers)
+    layer_d_state: Optional[list[int]] = _field(None, 'per-layer N after compression (overrides d_state)')
+    layer: str = _field("s4d", '"s4d": per-channel Lambda (Gu et al. 2022); "dss": Lambda shared across channels (Gupta et al. 2022); "lru" (Orvieto et al. 2023), "s5" (Smith et al. 2023): MIMO, d_state modes shared by all channels')
+    init: str = _field("s4d-lin", 'eigenvalue init of S4D/DSS: S4D-Lin is the S4D paper\'s default; "skew-hippo" is Ezoe & Sato\'s baseline')  # S4D-Lin is the S4D paper's default; "skew-hippo" is Ezoe & Sato's baseline
+    dt_min: float = _field(1e-3, 'lower end of the log-uniform Delta range')  # log-uniform Delta range of S4/S4D
+    dt_max: float = _field(1e-1, 'upper end of the log-uniform Delta range')
     # LRU ring init (CompreSSM's LRU defaults, which the LRU paper uses for long-range tasks): |lambda| in [r_min, r_max]
-    lru_r_min: float = 0.9      # lower edge of the init ring |lambda| (memory >= 10 steps)
-    lru_r_max: float = 0.999    # upper edge of the init ring (memory up to ~1000 steps)
-    lru_max_phase: float = 6.28  # arg(lambda) uniform on [0, max_phase]
+    lru_r_min: float = _field(0.9, 'LRU: lower edge of the init ring |lambda|')  # lower edge of the init ring |lambda| (memory >= 10 steps)
+    lru_r_max: float = _field(0.999, 'LRU: upper edge of the init ring |lambda|')  # upper edge of the init ring (memory up to ~1000 steps)
+    lru_max_phase: float = _field(6.28, 'LRU: arg(lambda) uniform on [0, max_phase]')  # arg(lambda) uniform on [0, max_phase]
     # S5 (d_state counts the STORED conjugate-symmetric modes: S5's ssm_size = 2 d_state)
-    s5_blocks: int = 1          # HiPPO-LegS blocks of the init (S5's --blocks); d_state must divide by it
-    s5_discretization: str = "zoh"  # "zoh" (S5's default) or "bilinear"
-    s5_step_rescale: float = 1.0    # multiplies every Delta (S5's change-of-resolution knob, not trained)
+    s5_blocks: int = _field(1, 'S5: HiPPO-LegS blocks of the init; d_state must divide by it')  # HiPPO-LegS blocks of the init (S5's --blocks); d_state must divide by it
+    s5_discretization: str = _field("zoh", 'S5: "zoh" or "bilinear"')  # "zoh" (S5's default) or "bilinear"
+    s5_step_rescale: float = _field(1.0, 'S5: multiplies every Delta (not trained)')  # multiplies every Delta (S5's change-of-resolution knob, not trained)
     # The CompreSSM LRU block is norm="batch", activation="gelu_tanh", mixing="glu" (BatchNorm with running
     # statistics, the tanh GELU of jax.nn.gelu); BatchNorm is per-step at inference, so the step graph folds it.
     # block: SSM -> D skip -> activation -> mixing -> dropout -> residual, pre-norm (S4 repo's default)
-    activation: str = "gelu"    # after the SSM and D skip, before mixing (S4D)
-    mixing: str = "glu"         # GLU output mixing as in S4D's standalone model
-    norm: str = "layer"         # LayerNorm works per step, so the step graph reproduces it exactly
-    prenorm: bool = True        # LayerNorm before the SSM (True) or after the residual (False)
-    dropout: float = 0.0        # mnist1d at this size does not overfit badly; set 0.1 for larger tasks
+    activation: str = _field("gelu", 'after the SSM and D skip, before mixing')  # after the SSM and D skip, before mixing (S4D)
+    mixing: str = _field("glu", 'output mixing of each block')  # GLU output mixing as in S4D's standalone model
+    norm: str = _field("layer", 'per-block normalisation (batch: running statistics at inference)')  # LayerNorm works per step, so the step graph reproduces it exactly
+    prenorm: bool = _field(True, 'norm before the SSM (true) or after the residual (false)')  # LayerNorm before the SSM (True) or after the residual (False)
+    dropout: float = _field(0.0, 'dropout probability in [0, 1)')  # mnist1d at this size does not overfit badly; set 0.1 for larger tasks
     # what surrounds the blocks; the defaults are edgessm's own model, the others describe imported ones
-    encoder: str = "linear"     # "linear": Linear(d_input, H) (Embedding when vocab_size > 0); "none": x is already (B L H), an imported layer for your own backbone
-    decoder: str = "linear"     # "linear": Linear(H, d_output); "none": the output is the last block's H channels
-    residual: bool = True       # h + block(h); False: the block's output alone (an S4Block or DSS layer carries no residual)
-    final_norm: bool = True     # with prenorm, a LayerNorm after the last block; s4's example.py prenorm S4Model has none
+    encoder: str = _field("linear", '"linear" (Embedding for tokens) or "none": the input is already (B L H), e.g. an imported layer')  # "linear": Linear(d_input, H) (Embedding when vocab_size > 0); "none": x is already (B L H), an imported layer for your own backbone
+    decoder: str = _field("linear", '"linear" or "none": the output is the last block\'s H channels')  # "linear": Linear(H, d_output); "none": the output is the last block's H channels
+    residual: bool = _field(True, 'add the block input to its output (false: the block output alone)')  # h + block(h); False: the block's output alone (an S4Block or DSS layer carries no residual)
+    final_norm: bool = _field(True, 'with prenorm, a LayerNorm after the last block')  # with prenorm, a LayerNorm after the last block; s4's example.py prenorm S4Model has none
     # head: causal pooling so the step-by-step run reproduces the prediction at every step
-    pooling: str = "mean"       # "mean": running mean of decoder outputs; "last": per-step output; "none": seq2seq
+    pooling: str = _field("mean", '"mean": causal running mean of the outputs; "last": per-step output; "none": sequence to sequence')  # "mean": running mean of decoder outputs; "last": per-step output; "none": seq2seq
     # mode: "classification" (cross-entropy on the pooled last valid step) or "regression" (MSE)
-    task_type: str = "classification"  # or "regression" (MSE); set from the task by `edgessm train`
+    task_type: str = _field("classification", '"classification" (cross-entropy) or "regression" (MSE); set from the task by train')  # or "regression" (MSE); set from the task by `edgessm train`
 
     def __post_init__(self) -> None:
         self.validate()
@@ -215,25 +220,25 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    # optimisation (the FACTS.md mnist1d run: AdamW, SSM params at lr 1e-3 with no weight decay, 40 epochs)
-    epochs: int = 40              # the FACTS.md budget: 97.1% on mnist1d with the default model
-    batch_size: int = 50          # 4000 mnist1d examples -> 72 steps/epoch after the validation split
-    lr: float = 1e-2              # the non-SSM weights; small models on short sequences like a high lr
-    lr_ssm: float = 1e-3          # Lambda, dt: S4's value; larger destabilises the spectrum
-    weight_decay: float = 0.01    # AdamW decay of the non-SSM weights (the SSM group has none)
-    warmup_frac: float = 0.05     # linear warm-up over the first 5% of steps, then cosine to 0
-    grad_clip: float = 1.0        # guards the first steps of a fresh spectrum
-    seed: int = 0                 # model init, data order, validation split, and the task generator (seed 0 = the reference mnist1d draw)
-    val_frac: float = 0.1         # held out from the training split for best-checkpoint selection
-    eval_every: int = 1           # epochs between evaluations (and best-checkpoint saves)
-    threads: Optional[int] = None  # torch intra-op threads (None: torch's default)
-    device: str = "auto"          # "auto" (cuda if available), "cpu", "cuda", "cuda:1"...
+    # optimisation (the measured mnist1d run: AdamW, SSM params at lr 1e-3 with no weight decay, 40 epochs)
+    epochs: int = _field(40, 'training epochs')  # 97.1% on mnist1d with the default model
+    batch_size: int = _field(50, 'examples per optimiser step')  # 4000 mnist1d examples -> 72 steps/epoch after the validation split
+    lr: float = _field(1e-2, 'learning rate of the non-SSM weights')  # the non-SSM weights; small models on short sequences like a high lr
+    lr_ssm: float = _field(1e-3, 'learning rate of Lambda and dt (no weight decay)')  # Lambda, dt: S4's value; larger destabilises the spectrum
+    weight_decay: float = _field(0.01, 'AdamW decay of the non-SSM weights')  # AdamW decay of the non-SSM weights (the SSM group has none)
+    warmup_frac: float = _field(0.05, 'fraction of steps of linear warm-up before the cosine decay')  # linear warm-up over the first 5% of steps, then cosine to 0
+    grad_clip: float = _field(1.0, 'gradient-norm clip (0: off)')  # guards the first steps of a fresh spectrum
+    seed: int = _field(0, 'model init, data order, validation split and task generator seed')  # model init, data order, validation split, and the task generator (seed 0 = the reference mnist1d draw)
+    val_frac: float = _field(0.1, 'fraction of the training split held out for best-checkpoint selection')  # held out from the training split for best-checkpoint selection
+    eval_every: int = _field(1, 'epochs between evaluations and best-checkpoint saves')  # epochs between evaluations (and best-checkpoint saves)
+    threads: Optional[int] = _field(None, "torch intra-op threads (default: torch's)")  # torch intra-op threads (None: torch's default)
+    device: str = _field("auto", '"auto" (cuda if available), "cpu", "cuda", "cuda:1"...')
     # in-training reduction (CompreSSM, Chahine et al. 2025): None disables it
-    reduce_energy: Optional[float] = None  # keep this fraction of the Hankel energy per layer
-    reduce_rank: Optional[int] = None      # or: reduce every layer to this many modes (a fixed target r)
-    reduce_until: float = 0.1     # only reduce during this first fraction of training
-    reduce_min_drop: float = 0.1  # reduce a layer only if the new size is at least 10% smaller
-    reduce_horizon: Optional[int] = None   # horizon-aware Gramians (issue 7) during in-training reduction
+    reduce_energy: Optional[float] = _field(None, 'in-training reduction: keep this fraction of the Hankel energy per layer')  # keep this fraction of the Hankel energy per layer
+    reduce_rank: Optional[int] = _field(None, 'in-training reduction: reduce every layer to this many modes')  # or: reduce every layer to this many modes (a fixed target r)
+    reduce_until: float = _field(0.1, 'in-training reduction only during this first fraction of training')  # only reduce during this first fraction of training
+    reduce_min_drop: float = _field(0.1, 'reduce a layer only if its new size is at least this fraction smaller')  # reduce a layer only if the new size is at least 10% smaller
+    reduce_horizon: Optional[int] = _field(None, 'in-training reduction with horizon-aware Gramians of this many steps')  # horizon-aware Gramians during in-training reduction
 
     def validate(self) -> None:
         """Type and range of every field: they come from the command line and from checkpoint provenance."""

@@ -11,7 +11,7 @@ Both layers compute, per channel h, the ZOH discretisation of x' = Lambda x + 1 
 Two modes that compute the same map:
 - ``forward(u)``: FFT convolution, O(L log L), for training. The Vandermonde product is formed
   in complex128 and only then cast: float32 phases dt*Im(Lambda)*l lose accuracy for long L
-  (state-spaces/s4 issues #52, #135: conv/step divergence); tests/test_parity.py proves agreement.
+  (conv/step divergence is a known failure of S4 implementations); tests/test_parity.py proves agreement.
 - ``step(u_t, x)``: one recurrent step with explicit state x c(B H N), no cached state on the module.
 
 Parametrisation (the "exp" form of DSS, Gupta et al. 2022, and S4D): Re(Lambda) = -exp(log_A_real)

@@ -15,7 +15,7 @@ mode stands for the pole pair (A_p, conj A_p) with residues (c/2) C[:, p] B[p, :
 
 (the output reads the updated state, as every reference codebase does). ``real_modes`` marks modes
 whose A, B row and C column are all real: their state stays real, one real state number
-(balanced truncation produces them, FACTS.md); every other mode is two (Re and Im of x_p).
+(balanced truncation produces them); every other mode is two (Re and Im of x_p).
 
 ``logA`` c(P), optional, is log A known exactly from the layer's continuous parameters (LRU:
 -exp(nu_log) + i exp(theta_log); S5: Delta * Lambda); Gramian denominators 1 - A_i conj A_j are then

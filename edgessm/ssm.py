@@ -7,14 +7,14 @@ Dimensions: H channels, N stored modes per channel, L sequence length, B batch.
 
 A, B, C: complex128 (H, N); D: float64 (H,); stable means |A| < 1.
 
-Conventions (ARCHITECTURE.md):
+Conventions (docs/architecture.md):
 - The output reads the *updated* state, as S4's step does, so the impulse response is
   h_0 = 2 Re(sum_n C_n B_n) + D and h_k = 2 Re(sum_n C_n A_n^k B_n) for k >= 1.
 - Each stored mode stands for a conjugate pair (the ``2 Re``): N complex modes are 2N real
   state numbers. A mode whose A is real is a *real mode*: its state x_k is B * (a real
   sequence), so it is one real state number, not two. "Real" is judged against the distance
   from the unit circle, not against |A| (``real_modes``). Balanced truncation
-  produces such modes (FACTS.md); they are stored like any other mode, with A real and the
+  produces such modes, even from all-oscillatory channels; they are stored like any other mode, with A real and the
   factor 2 of the output folded into C (C_stored = C_real / 2).
 - A padding mode (B = C = 0) contributes nothing; it keeps a layer's N uniform across
   channels after a per-channel reduction.

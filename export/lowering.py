@@ -5,7 +5,7 @@ Dimensions: H channels, N stored complex modes of a layer, T chunk length, O = d
 Real state layout (the graph contract): the complex state x c(B H N) of a layer (the model's own
 step state, ``DiagonalSSM``'s x) is stored as X r(B H 2N) = [Re x_1 .. Re x_N | Im x_1 .. Im x_N].
 
-Step, delta form (S4DLayer.step_params; ARCHITECTURE.md): with a = A_bar - 1 = expm1(dt Lambda),
+Step, delta form (S4DLayer.step_params; docs/architecture.md): with a = A_bar - 1 = expm1(dt Lambda),
 
     x' = x + (a x + B_bar u)                      c(B H N)
     y  = 2 Re(sum_n C_n x'_n) + D u               r(B H)

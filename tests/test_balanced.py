@@ -253,7 +253,7 @@ def test_real_eigenvalues_become_real_modes_and_per_channel_ranks():
     assert red.system.N == 5
     assert list(red.rank) == [1, 2, 3, 5]
     real = red.system.real_modes() & red.system.active_modes()
-    assert real.any(), "FACTS.md: BT of oscillatory channels yields real eigenvalues"
+    assert real.any(), "BT of oscillatory channels yields real eigenvalues"
     assert np.all(red.system.B[real].imag == 0) and np.all(red.system.C[real].imag == 0)
     check_reduction(sys, red)
     # rank rule: the largest k <= 2r with (#pairs + #real) <= r: every order in (k, 2r] needs > r modes

@@ -6,7 +6,7 @@ import scipy.linalg as sl
 
 from edgessm.errors import RankError, UnstableSystemError
 from edgessm.mimo import MimoSSM
-from edgessm.mimo_bt import mimo_balanced_truncation, mimo_hankel_singular_values
+from edgessm.reduce.mimo_bt import mimo_balanced_truncation, mimo_hankel_singular_values
 
 
 def random_system(seed: int, P: int = 10, I: int = 3, O: int = 2, c: float = 2.0, r=(0.5, 0.99), real_mode=True):

@@ -13,7 +13,7 @@ from edgessm.importers.lru import load_lru_layer, lru_model_from_arrays
 from edgessm.importers.s5 import s5_layer_from_arrays
 from edgessm.layers_mimo import LRULayer, S5Layer
 from edgessm.mimo import MimoSSM
-from edgessm.mimo_bt import mimo_balanced_truncation
+from edgessm.reduce.mimo_bt import mimo_balanced_truncation
 from edgessm.model import SSMModel, layer_systems, with_mimo_systems
 
 FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

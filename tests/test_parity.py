@@ -1,11 +1,11 @@
 """Conv mode and step mode of every layer against the float64 oracle (DiagonalSSM.convolve).
 
-The bar (issue 2): over L = 16,384 steps in float32, max |y - y_oracle| / rms(y_oracle) <= 1e-4 for
+The bar: over L = 16,384 steps in float32, max |y - y_oracle| / rms(y_oracle) <= 1e-4 for
 every init, N in {4, 64, 256}, dt across [1e-3, 1e-1]. Why 1e-4 is the right size: the float32 state
 accumulates rounding over a mode's memory 1/(dt |Re Lambda|) (1e4 steps at dt = 1e-3), and the
 systematic part scales like eps * |Im Lambda / Re Lambda| (~1e3 here); eps = 6e-8 puts the worst case
-near 5e-5 with the delta-form step (see S4DLayer.step_params). state-spaces/s4 issues #52 and #135
-report conv/step divergence; this file proves we don't have it.
+near 5e-5 with the delta-form step (see S4DLayer.step_params). conv/step divergence is a known failure
+of S4 implementations; this file proves we don't have it.
 """
 import numpy as np
 import pytest
@@ -106,7 +106,7 @@ def test_load_diagonal_rejects_unstable_and_nan():
 
 
 def test_real_negative_eigenvalue_maps_back():
-    """A reduced system may have a real negative A (FACTS.md): Lambda = (log|A| + i pi)/dt realises it."""
+    """A reduced system may have a real negative A: Lambda = (log|A| + i pi)/dt realises it."""
     lay = S4DLayer(1, 2, "s4d-lin", seed=0)
     sys = DiagonalSSM(np.array([[-0.6 + 0j, 0.3 + 0.4j]]), np.array([[1.0 + 0j, 0.5 - 0.2j]]),
                       np.array([[0.25 + 0j, 1.0 + 1.0j]]), np.array([0.1]))

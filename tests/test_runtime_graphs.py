@@ -7,7 +7,7 @@ The model (dimensions: B batch, L length, T chunk, H channels, N modes, V vocabu
     u = x W_in + b_in                 r(B H)   (or u = E[token] for a token model)
     per layer l (diagonal SSM, complex state as re/im halves of a real (H, 2N) tensor):
       s = A * s + B * u[..., None]    c(B H N) elementwise complex multiply, written with real ops
-      v = 2 Re(sum_n C s) + D u       r(B H)   output reads the updated state (ARCHITECTURE.md)
+      v = 2 Re(sum_n C s) + D u       r(B H)   output reads the updated state (docs/architecture.md)
       u = tanh(v) + u                 r(B H)
     optional causal mean pool: state [sum u (H), count (1)], u = sum / count
     y = u W_out + b_out               r(B d_output)

@@ -4,6 +4,7 @@
     balanced.py   the balanced-truncation engine: HSVs, square-root BT, re-diagonalisation, the bound
     baselines.py  modal truncation (LAST) and random mode selection
     norms.py      frequency response, H-infinity norm, L-step operator norm (the error measurements)
+    mimo_bt.py    balanced truncation of a MIMO layer's real map (LRU, S5: one state shared by all channels)
     reduction.py  the Reduction result every reducer returns, shared checks, the bound's float64 floor
 
 Policies that combine reducers (the horizon fallback, model-level certification) live in

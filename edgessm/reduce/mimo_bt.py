@@ -53,9 +53,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import RankError, UnstableSystemError
-from .mimo import MimoSSM
-from .reduce.reduction import Reduction, bound_floor, certificate_warnings
+from ..errors import RankError, UnstableSystemError
+from ..mimo import MimoSSM
+from .reduction import Reduction, bound_floor, certificate_warnings
 
 __all__ = ["MimoReduction", "doubled", "gramian_factor", "mimo_hankel_singular_values",
            "mimo_balanced_truncation"]
