@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +22,7 @@ from .runtime import fileio as _fileio
 
 __all__ = ["save", "load", "read_metadata", "file_sha256", "FORMAT_VERSION", "atomic_write", "check_outputs"]
 
+from .provenance import check_provenance  # noqa: E402
 from .runtime.contract import FORMAT_VERSION  # noqa: E402  one version for checkpoints and graphs
 
 
@@ -162,69 +162,8 @@ def _provenance(path, meta: dict[str, str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has corrupt provenance metadata (not JSON)") from None
     if not isinstance(prov, dict):
         raise CheckpointError(f"checkpoint {path}: provenance metadata must be a JSON object, got {type(prov).__name__}")
-    _check_provenance(path, prov)
+    check_provenance(prov, f"checkpoint {path}")
     return prov
-
-
-MAX_SEQ_LEN = 1 << 24  # as config.MAX_HORIZON: `compress --horizon auto` uses the recorded seq_len
-
-
-def _check_provenance(path, prov: dict[str, Any]) -> None:
-    """The provenance keys later commands read (info, eval, compress --horizon auto, export) have their types.
-
-    Provenance is free-form JSON in a user's file: a hand-edited `seq_len: "40"` or `parent: 3` must be
-    one line naming the key, not a traceback three commands later.
-    """
-    def bad(key: str, v: Any, want: str) -> CheckpointError:
-        r = repr(v)
-        return CheckpointError(f"checkpoint {path}: provenance {key}={r if len(r) <= 60 else r[:57] + '...'} "
-                               f"must be {want}; the metadata was edited or damaged: re-save the checkpoint")
-
-    def num(v: Any) -> bool:
-        return v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool))
-
-    def integer(v: Any, lo: int, hi: int) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-    for key in ("command", "edgessm_version"):
-        if key in prov and not isinstance(prov[key], str):
-            raise bad(key, prov[key], "a string")
-    task = prov.get("task", "")
-    if not (isinstance(task, str) or (isinstance(task, dict) and isinstance(task.get("name", ""), str)
-                                      and isinstance(task.get("classes", []), list))):
-        raise bad("task", task, 'a task name, or {"name": str, "classes": [...]}')
-    if "seq_len" in prov and not integer(prov["seq_len"], 1, MAX_SEQ_LEN):
-        raise bad("seq_len", prov["seq_len"], f"an integer in [1, {MAX_SEQ_LEN}]")
-    if "best_epoch" in prov and not integer(prov["best_epoch"], -1, 1 << 30):
-        raise bad("best_epoch", prov["best_epoch"], "an integer epoch")
-    for key in ("task_meta", "task_options", "train_config", "metrics", "reduction"):
-        if key in prov and not isinstance(prov[key], dict):
-            raise bad(key, prov[key], "a JSON object")
-    if "parent" in prov:
-        par = prov["parent"]
-        if not isinstance(par, dict) or not isinstance(par.get("path"), str) or not isinstance(par.get("sha256", ""), str):
-            raise bad("parent", par, 'an object {"path": ..., "sha256": ...} of strings')
-    seed = prov.get("train_config", {}).get("seed", 0)
-    if not integer(seed, 0, 2**32 - 1):
-        raise bad("train_config.seed", seed, "an integer in [0, 2^32 - 1]")
-    metrics = prov.get("metrics", {})
-    for key in ("val", "test"):
-        m = metrics.get(key, {})
-        if not isinstance(m, dict) or not all(num(v) for v in m.values()):
-            raise bad(f"metrics.{key}", m, "an object of numbers")
-    if not num(metrics.get("best_val")):
-        raise bad("metrics.best_val", metrics["best_val"], "a number")
-    sched = prov.get("rank_schedule", [])
-    if not isinstance(sched, list) or not all(
-            isinstance(e, dict) and integer(e.get("epoch"), 0, 1 << 30) and isinstance(e.get("ranks"), list)
-            and all(integer(r, 0, 1 << 20) for r in e["ranks"]) for e in sched):
-        raise bad("rank_schedule", sched, 'a list of {"epoch": int, "ranks": [int, ...]}')
-    red = prov.get("reduction", {})
-    layers = red.get("layers", [])
-    if not isinstance(layers, list) or not all(isinstance(l, dict) and num(l.get("max_bound")) for l in layers):
-        raise bad("reduction.layers", layers, 'a list of objects with a numeric "max_bound"')
-    if "history" in prov and not isinstance(prov["history"], list):
-        raise bad("history", prov["history"], "a list")
 
 
 def load(path: str | os.PathLike, map_location: str = "cpu", check_finite: bool = True) -> torch.nn.Module:

@@ -29,6 +29,7 @@ import click  # noqa: E402
 
 from .config import ModelConfig, TrainConfig  # noqa: E402
 from .errors import EdgeSSMError  # noqa: E402
+from .provenance import derive, task_classes  # noqa: E402
 from .report import json_default  # noqa: E402
 
 # ---- plumbing ----------------------------------------------------------------------------
@@ -302,8 +303,9 @@ def train(task, task_option_items, output, m_overrides, t_overrides, quiet, as_j
         from .compress import in_training_reducer
 
         reducer = in_training_reducer
-    prov = {"task": data.name, "task_meta": _small_meta(data.meta), "task_options": _parse_task_options(task_option_items),
-            "seq_len": data.seq_len, "train_config": tcfg.to_dict(), "command": "train"}
+    prov = derive(None, "train", task=data.name, classes=task_classes({"task_meta": data.meta}),
+                  task_meta=_small_meta(data.meta), task_options=_parse_task_options(task_option_items),
+                  seq_len=data.seq_len, train_config=tcfg.to_dict())
     res, prov = _run_training(model, data, tcfg, output, prov, quiet or as_json, reducer)
     _emit(_result_dict(res, data, output, prov), as_json, _train_summary)
 
@@ -337,8 +339,11 @@ def finetune(model_path, task, task_option_items, output, t_overrides, quiet, as
     model = load(model_path)
     data = _load_task(task, task_option_items, tcfg.seed)
     _check_compatible(model, data, model_path)
-    prov = {**model.provenance, "command": "finetune", "parent": {"path": str(model_path), "sha256": file_sha256(model_path)},
-            "task": data.name, "train_config": tcfg.to_dict()}
+    prov = derive(model.provenance, "finetune", parent={"path": str(model_path), "sha256": file_sha256(model_path)},
+                  task=data.name, seq_len=data.seq_len, train_config=tcfg.to_dict())
+    if data.name != model.provenance.get("task"):  # another task: the old class names no longer apply
+        prov.pop("classes", None)
+        prov.update({k: v for k, v in (("classes", task_classes({"task_meta": data.meta})),) if v is not None})
     res, prov = _run_training(model, data, tcfg, output, prov, quiet or as_json)
     _emit(_result_dict(res, data, output, prov), as_json, _train_summary)
 

@@ -21,6 +21,7 @@ from .reduce import (PADDING_A, Reduction, balanced_truncation, error_system, hi
                      modal_truncation, random_truncation)
 from .errors import RankError, UnstableSystemError
 from .model import SSMModel, diagonal_systems, with_diagonal_systems
+from .provenance import derive
 from .ssm import DiagonalSSM
 
 __all__ = ["CompressSpec", "compress_model", "compress_checkpoint", "summary_table", "in_training_reducer",
@@ -175,14 +176,8 @@ def _reduce_layer(sys: DiagonalSSM, i: int, spec: CompressSpec, horizon: Optiona
     return reduce_layer(sys, energy=spec.energy, tol=spec.tol, horizon=horizon, layer=i)
 
 
-def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
-    """Reduce every layer; returns the new model and per-layer reports (error of the saved model)."""
-    from .model import is_mimo
-
-    if is_mimo(model.config):  # LRU / S5: one MIMO system per layer (compress_mimo.py)
-        from .compress_mimo import compress_mimo_model
-
-        return compress_mimo_model(model, spec)
+def _compress_siso(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
+    """S4D / DSS: balanced truncation (or a baseline) of every channel of every layer."""
     systems = diagonal_systems(model)
     spec.validate(len(systems))
     horizon = _resolve_horizon(spec, model)
@@ -194,6 +189,31 @@ def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[
         measured = hinf_norm(error_system(orig, sv))  # (H) includes the float32 rounding of the saved model
         reports.append(LayerReport(i, red, sv, measured, hinf_norm(orig), red.system.perturbation_bound(sv)))
     return new, reports
+
+
+def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
+    """Reduce every layer; returns the new model and per-layer reports (error of the saved model).
+
+    The new model's provenance is derived from the old one's (task, classes, seq_len carried over) with
+    the reduction summary, so a model compressed from Python exports with its task and bounds too.
+    """
+    from .model import is_mimo
+
+    if is_mimo(model.config):  # LRU / S5: one MIMO system per layer (compress_mimo.py)
+        from .compress_mimo import compress_mimo_model
+
+        new, reports = compress_mimo_model(model, spec)
+    else:
+        new, reports = _compress_siso(model, spec)
+    new.provenance = derive(model.provenance, "compress", reduction=reduction_summary(spec, model, new, reports))
+    return new, reports
+
+
+def reduction_summary(spec: CompressSpec, model: SSMModel, new: SSMModel, reports: list[LayerReport]) -> dict[str, Any]:
+    """What a compressed model's provenance records (read by export's error_bounds and by info)."""
+    s = _report_dict("", "", spec, model, new, reports, full=False)
+    return {k: s[k] for k in ("method", "selector", "modes_in", "modes_out", "bounds_hold", "certified")} | {
+        "layers": [{k: v for k, v in l.items() if k != "warnings"} for l in s["layers"]]}
 
 
 def _report_dict(model_path: str, out_path: str, spec: CompressSpec, model: SSMModel, new: SSMModel,
@@ -215,8 +235,10 @@ def _report_dict(model_path: str, out_path: str, spec: CompressSpec, model: SSMM
 def compress_checkpoint(model_path: str, out_path: str, spec: CompressSpec, *, report_path: Optional[str] = None,
                         plot_path: Optional[str] = None) -> dict[str, Any]:
     """`edgessm compress`: load, reduce, verify bounds, write checkpoint (+ report, plot) atomically."""
-    from .checkpoint import atomic_write, file_sha256, load, save
+    from .checkpoint import atomic_write, check_outputs, file_sha256, load, save
 
+    # no output may be the input or another output (the CLI checks this too; the library call must not rely on it)
+    check_outputs({"checkpoint": model_path}, {"-o": out_path, "--report": report_path, "--plot": plot_path})
     model = load(model_path)
     new, reports = compress_model(model, spec)
     summary = _report_dict(model_path, out_path, spec, model, new, reports, full=False)
@@ -224,11 +246,8 @@ def compress_checkpoint(model_path: str, out_path: str, spec: CompressSpec, *, r
         bad = [r.layer for r in reports if not r.bound_holds().all()]
         raise UnstableSystemError(f"layers {bad}: the measured error exceeds the certified bound; the reduced model "
                                   "was not written. Report this with the checkpoint; try a larger --rank meanwhile")
-    prov = dict(model.provenance)
-    prov.pop("history", None)
-    prov.update(command="compress", parent={"path": str(model_path), "sha256": file_sha256(model_path)},
-                reduction={k: summary[k] for k in ("method", "selector", "modes_in", "modes_out", "bounds_hold", "certified")}
-                | {"layers": [{k: v for k, v in l.items() if k != "warnings"} for l in summary["layers"]]})
+    prov = dict(new.provenance)  # compress_model derived it (task, classes, seq_len, the reduction summary)
+    prov["parent"] = {"path": str(model_path), "sha256": file_sha256(model_path)}
     if plot_path:
         plot_hsv(reports, plot_path)
     if report_path:

@@ -242,14 +242,11 @@ def _json_default(o: Any) -> Any:
 
 
 def _task_info(prov: dict) -> tuple[str, Optional[list]]:
+    from edgessm.provenance import task_classes
+
     task = prov.get("task")
     name = task.get("name") if isinstance(task, dict) else task
-    classes = prov.get("classes")
-    if classes is None and isinstance(task, dict):
-        classes = task.get("classes")
-    if classes is None and isinstance(prov.get("task_meta"), dict):
-        classes = prov["task_meta"].get("classes")
-    return (str(name) if name else "unknown"), (list(classes) if isinstance(classes, (list, tuple)) else None)
+    return (str(name) if name else "unknown"), task_classes(prov)
 
 
 def _output_meaning(cfg) -> str:
