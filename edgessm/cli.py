@@ -253,6 +253,13 @@ def _run_training(model, data, tcfg, output: str, provenance: dict[str, Any], qu
             "train_seconds": round(res.seconds, 1), "history": [{"epoch": h["epoch"], "val": h["val"]} for h in res.history]}
     if len(res.rank_schedule) > 1:
         prov["rank_schedule"] = res.rank_schedule
+    elif reducer is not None:  # asked for in-training reduction, got none: say so, not a silent full-size model
+        sel = (f"--reduce-energy {tcfg.reduce_energy}" if tcfg.reduce_energy is not None
+               else f"--reduce-rank {tcfg.reduce_rank}")
+        click.echo(f"warning: in-training reduction ({sel}) reduced no layer: at every reduction point up to "
+                   f"{tcfg.reduce_until:g} of training the selector kept more than {1 - tcfg.reduce_min_drop:.0%} of "
+                   f"each layer's modes; use a smaller --reduce-energy, a --reduce-rank, or a later --reduce-until",
+                   err=True)
     save(res.model, output, provenance=prov)
     return res, prov
 

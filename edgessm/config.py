@@ -255,7 +255,7 @@ class TrainConfig:
         if self.reduce_rank is not None:
             self.reduce_rank = integer("train", "reduce_rank", self.reduce_rank, 1, _MODEL_INTS["d_state"][1])
         if self.reduce_energy is not None:
-            self.reduce_energy = real("train", "reduce_energy", self.reduce_energy, 0.0, 1.0, lo_open=True, hi_open=True)
+            self.reduce_energy = real("train", "reduce_energy", self.reduce_energy, 0.0, 1.0, lo_open=True)
         if self.reduce_horizon is not None:
             self.reduce_horizon = integer("train", "reduce_horizon", self.reduce_horizon, 2, MAX_HORIZON)
 

@@ -137,3 +137,17 @@ def test_in_training_reduction_records_schedule(tmp_path):
     assert out["ranks"] == [3, 3]
     sched = edgessm.load(ck).provenance["rank_schedule"]
     assert sched[0]["ranks"] == [6, 6] and sched[1]["ranks"] == [3, 3] and sched[1]["epoch"] == 1
+
+
+def test_in_training_reduction_that_reduces_nothing_says_so(tmp_path):
+    res = run("train", "--task", "mnist1d", "-o", tmp_path / "r.safetensors", *TINY, "--reduce-energy", "0.9999999")
+    assert "reduced no layer" in res.stderr
+    assert edgessm.load(tmp_path / "r.safetensors").provenance["classes"] == [str(i) for i in range(10)]
+
+
+def test_compress_messages_for_methods_without_a_bound(trained):
+    d, ck, _ = trained
+    res = run("compress", ck, "--rank", 2, "--method", "modal", "-o", d / "modal.safetensors", "--json")
+    layers = json.loads(res.stdout)["layers"]
+    assert all(l["bound_holds"] is None and l["certified"] is False for l in layers)
+    assert all(any("no certified bound" in w for w in l["warnings"]) for l in layers)
