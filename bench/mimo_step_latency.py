@@ -11,7 +11,6 @@ and timed at batch 1 on onnxruntime's CPU provider, 1 thread, plain session.run,
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def main(argv=None) -> dict:
 
     from edgessm.config import ModelConfig
     from edgessm.export import export_onnx
-    from edgessm.export.bench import interleaved_latency
+    from edgessm.export.bench import interleaved_latency, write_json
     from edgessm.export.verify import session
     from edgessm.model import SSMModel
 
@@ -77,8 +76,7 @@ def main(argv=None) -> dict:
         v["ratio_to_s4d"] = v["cpu_p50_us"] / ref
         print(f"| {name} | {v['state_floats_per_layer']} | {v['nodes']} | {v['ssm_nodes_per_layer']} | "
               f"{v['ort_optimized_nodes']} | {v['parity_rel_y']:.1e} | {v['cpu_p50_us']:.1f} | {v['ratio_to_s4d']:.2f} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return out
 
 

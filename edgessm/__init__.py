@@ -5,8 +5,7 @@ Heavy modules (torch, scipy, onnx) load lazily: ``import edgessm`` is cheap, and
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -23,19 +22,10 @@ _LAZY = {
     "with_mimo_systems": "edgessm.model",
     "load": "edgessm.checkpoint",
     "save": "edgessm.checkpoint",
+    "model_from_systems": "edgessm.model",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'edgessm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

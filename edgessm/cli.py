@@ -30,6 +30,7 @@ import click  # noqa: E402
 from .config import ModelConfig, TrainConfig  # noqa: E402
 from .errors import EdgeSSMError  # noqa: E402
 from .provenance import derive, task_classes  # noqa: E402
+from .runtime.fileio import silence_stdout  # noqa: E402
 from .report import json_default  # noqa: E402
 
 # ---- plumbing ----------------------------------------------------------------------------
@@ -68,23 +69,15 @@ class _Group(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except BrokenPipeError:  # the reader went away (| head): stop quietly, like any filter
-            _silence_stdout()
+            silence_stdout()
             sys.exit(0)
         except OSError as e:  # a full disk, /dev/full as stdout, an unreadable file: one line, no traceback
-            _silence_stdout()
+            silence_stdout()
             where = f" ({e.filename})" if getattr(e, "filename", None) else " (writing the output)"
             click.echo(f"error: {e.strerror or e}{where}", err=True)
             sys.exit(2)
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the flush at exit does not raise again on a closed or full stream."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 # ---- input/output validation (shared by the commands) ----------------------------------------

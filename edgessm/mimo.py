@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from .ssm import REAL_MODE_RTOL
+from .ssm import REAL_MODE_RTOL, as_batch
 
 __all__ = ["MimoSSM"]
 
@@ -74,18 +74,9 @@ class MimoSSM:
             object.__setattr__(self, "logA", logA)
 
     # ---- shape and structure -------------------------------------------------------------
-    @property
-    def N(self) -> int:
-        """P, the stored modes (DiagonalSSM's N)."""
-        return self.A.shape[0]
-
-    @property
-    def n_in(self) -> int:
-        return self.B.shape[1]
-
-    @property
-    def n_out(self) -> int:
-        return self.C.shape[0]
+    N = property(lambda self: self.A.shape[0], doc="P, the stored modes (DiagonalSSM's N)")
+    n_in = property(lambda self: self.B.shape[1], doc="input channels")
+    n_out = property(lambda self: self.C.shape[0], doc="output channels")
 
     def log_a(self) -> np.ndarray:
         """c(P): log A, the exact one when the layer supplied it."""
@@ -207,10 +198,7 @@ class MimoSSM:
 
         u r(B L I) (or r(L I)) -> y r(B L O), final state c(B P). state: c(B P) or None (zeros).
         """
-        u = np.asarray(u, dtype=np.float64)
-        squeeze = u.ndim == 2
-        if squeeze:
-            u = u[None]
+        u, squeeze = as_batch(u)  # (B L channels)
         Bsz, L, I = u.shape
         if I != self.n_in:
             raise ValueError(f"input has {I} channels, the system takes {self.n_in}")
@@ -225,10 +213,7 @@ class MimoSSM:
 
     def convolve(self, u: np.ndarray) -> np.ndarray:
         """r(B L I) -> r(B L O): the same map as reference_recurrence by exact float64 FFT convolution."""
-        u = np.asarray(u, dtype=np.float64)
-        squeeze = u.ndim == 2
-        if squeeze:
-            u = u[None]
+        u, squeeze = as_batch(u)  # (B L channels)
         L = u.shape[1]
         K = self.impulse_response(L)  # (O I L)
         n = 2 * L

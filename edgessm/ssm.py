@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DiagonalSSM", "zoh", "cexpm1", "REAL_MODE_RTOL"]
+__all__ = ["DiagonalSSM", "zoh", "cexpm1", "as_batch", "REAL_MODE_RTOL"]
 
 # A mode is treated as real when |imag(A)| <= REAL_MODE_RTOL * (1 - |A|). Reading a pair a, conj(a)
 # with angle theta as the one real mode |a| changes its impulse response 2 Re(rho a^k) by at most
@@ -62,6 +62,12 @@ def cexpm1(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.complex128)
     x, y = z.real, z.imag
     return (np.expm1(x) * np.cos(y) - 2.0 * np.sin(0.5 * y) ** 2) + 1j * (np.exp(x) * np.sin(y))
+
+
+def as_batch(u) -> tuple[np.ndarray, bool]:
+    """r(L C) or r(B L C) -> (r(B L C) float64, whether a batch axis was added): the oracles' input."""
+    u = np.asarray(u, dtype=np.float64)
+    return (u[None], True) if u.ndim == 2 else (u, False)
 
 
 @dataclass(frozen=True)
@@ -113,13 +119,8 @@ class DiagonalSSM:
         return 1.0 - np.abs(self.A)
 
     # ---- shape and structure -------------------------------------------------------------
-    @property
-    def H(self) -> int:
-        return self.A.shape[0]
-
-    @property
-    def N(self) -> int:
-        return self.A.shape[1]
+    H = property(lambda self: self.A.shape[0], doc="channels")
+    N = property(lambda self: self.A.shape[1], doc="stored modes per channel")
 
     def real_modes(self) -> np.ndarray:
         """bool (H N): modes whose A is real (one real state number each); see REAL_MODE_RTOL."""
@@ -233,10 +234,7 @@ class DiagonalSSM:
 
         u: r(B L H) (or r(L H)) -> y: r(B L H), final state c(B H N). state: c(B H N) or None (zeros).
         """
-        u = np.asarray(u, dtype=np.float64)
-        squeeze = u.ndim == 2
-        if squeeze:
-            u = u[None]
+        u, squeeze = as_batch(u)  # (B L channels)
         Bsz, L, H = u.shape
         if H != self.H:
             raise ValueError(f"input has {H} channels, the system has {self.H}")
@@ -249,10 +247,7 @@ class DiagonalSSM:
 
     def convolve(self, u: np.ndarray) -> np.ndarray:
         """r(B L H) -> r(B L H): the same map as reference_recurrence, by exact float64 FFT convolution."""
-        u = np.asarray(u, dtype=np.float64)
-        squeeze = u.ndim == 2
-        if squeeze:
-            u = u[None]
+        u, squeeze = as_batch(u)  # (B L channels)
         L = u.shape[1]
         K = self.impulse_response(L)  # (H L)
         n = 2 * L

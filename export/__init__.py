@@ -8,8 +8,7 @@ onnx/onnxruntime/torch load on first use of a name, so ``import edgessm.export``
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgessm._lazy import lazy_exports
 
 _LAZY = {
     "export_onnx": "edgessm.export.api",
@@ -27,14 +26,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'edgessm.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

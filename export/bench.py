@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 
 
+def write_json(path, obj) -> None:
+    """The benchmark's raw numbers as JSON at ``path`` (nothing when path is None), for docs/data/."""
+    if path:
+        Path(path).write_text(json.dumps(obj, indent=1))
+
+
 def interleaved_latency(sessions: dict, feeds: dict, rounds: int, calls: int,
                         warmup: int = 200) -> dict[str, tuple[float, float]]:
     """{name: (p50, p99)} in us: the median over rounds of each round's percentiles. Rounds interleave
@@ -105,8 +111,7 @@ def main(argv=None) -> dict:
         st = max(r for k, r in v["parity_rel"].items() if k.startswith("present_state"))
         print(f"| {name} | {v['nodes']['total']} | {v['nodes']['ssm'][0]} | {v['ort_optimized_nodes']} | "
               f"{v['bytes']:,} | {v['parity_rel']['y']:.2e} | {st:.2e} | {v['cpu_p50_us_per_step']:.1f} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return out
 
 

@@ -16,8 +16,6 @@ no GLU, no pooling) to show what the architecture, not the lowering, costs.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 from onnx import helper
@@ -25,7 +23,7 @@ from onnx import helper
 from edgessm.runtime.contract import OUTPUT_NAME, POOL_STATE, past_state, present_state
 
 from . import graph as G
-from .bench import interleaved_latency
+from .bench import interleaved_latency, write_json
 from .lowering import step_elementwise, step_matrices
 
 MS = "com.microsoft"
@@ -181,8 +179,7 @@ def main(argv=None) -> dict:
         err = f"{row['max_rel_err']:.2e}" if "max_rel_err" in row else "-"
         print(f"| {name} | {row['nodes']} | {row['ort_nodes']} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
               f"{row['ratio']:.1f}x | {err} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return out
 
 

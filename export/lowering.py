@@ -65,13 +65,8 @@ class SSMParams:
     C: np.ndarray     # c(H N)
     D: np.ndarray     # r(H)
 
-    @property
-    def H(self) -> int:
-        return self.dtL.shape[0]
-
-    @property
-    def N(self) -> int:
-        return self.dtL.shape[1]
+    H = property(lambda self: self.dtL.shape[0], doc="channels")
+    N = property(lambda self: self.dtL.shape[1], doc="stored modes per channel")
 
 
 @dataclass
@@ -93,11 +88,6 @@ class MimoSSMParams:
     @property
     def N(self) -> int:
         return self.A_m1.shape[0]
-
-    def real_state_numbers(self) -> int:
-        from edgessm.mimo import MimoSSM
-
-        return int(MimoSSM(1.0 + self.A_m1, self.B, self.C, self.D, self.factor).real_state_dims())
 
 
 @dataclass

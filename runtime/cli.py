@@ -86,10 +86,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except EdgeSSMRuntimeError as e:
         return _fail(str(e))
     except BrokenPipeError:  # the reader went away (| head): stop quietly. Before OSError, its base class
-        _silence_stdout()
+        fileio.silence_stdout()
         return 0
     except OSError as e:
-        _silence_stdout()  # a full or closed stdout must not raise again at exit
+        fileio.silence_stdout()  # a full or closed stdout must not raise again at exit
         return _fail(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else
                      f"{e.strerror or e} (writing the output)")
     except KeyboardInterrupt:
@@ -102,14 +102,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise
 
 
-def _silence_stdout() -> None:
-    # later flushes (at exit) must not raise again on the closed pipe
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 def _fail(msg: str) -> int:
@@ -362,7 +354,7 @@ def _stream_stdin(sess: StreamingSession, args, kind: str, has_batch_axis: bool)
                 sys.stdout.write((_json_row(t, y) if args.json else _fmt_row(y)) + "\n")
                 sys.stdout.flush()
             except BrokenPipeError:  # the reader went away (| head): stop quietly
-                _silence_stdout()
+                fileio.silence_stdout()
                 return 0
         else:
             ys.append(y)

@@ -165,3 +165,16 @@ def iter_lines(f, limit: int) -> Iterator[str]:
         if len(line) > limit and not line.endswith("\n"):
             raise ValueError(f"a line longer than {limit} characters")
         yield line
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so the flush at exit does not raise again on a closed or full stream
+    (after a broken pipe or ENOSPC on stdout, both CLIs stop quietly)."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
