@@ -272,6 +272,7 @@ def _result_dict(res, data, output: str, prov: dict[str, Any]) -> dict[str, Any]
     metric = "accuracy" if data.task_type == "classification" else "mse"
     return {"task": data.name, "metric": metric, "test": res.test_metrics.get(metric), "best_epoch": res.best_epoch,
             "parameters": sum(p.numel() for p in res.model.parameters()), "state_size": sum(res.model.state_size()),
+            "step_state_floats": sum(res.model.step_state_floats()),
             "ranks": [b.ssm.N for b in res.model.blocks], "seconds": res.seconds, "output": output,
             "rank_schedule": prov.get("rank_schedule")}
 
