@@ -286,6 +286,7 @@ def summary(r: dict[str, Any]) -> str:
         lines.append(f"matches the source for L <= {r['max_length']} (it truncates its kernel there; the stream does not)")
     if r.get("assumed_defaults"):
         lines.append("assumed upstream defaults (not in --config): " + ", ".join(r["assumed_defaults"]))
+    lines += [f"note: {n}" for n in r.get("notes") or []]
     if r["level"] == "layer":
         lines.append(f"a layer checkpoint: x (B L H) -> y (B L H) (the source's layout was {r['layout']})")
     return "\n".join(lines)

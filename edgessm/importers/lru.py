@@ -41,7 +41,7 @@ def lru_config(constructor: Mapping[str, Any], layer_d_state: Optional[list[int]
     return ModelConfig(d_input=int(c["input_dim"]), d_output=int(c["output_dim"]), d_model=int(c["hidden_dim"]),
                        n_layers=int(c["num_blocks"]), d_state=int(c["state_dim"]), layer="lru",
                        lru_r_min=float(c["r_min"]), lru_r_max=float(c["r_max"]), lru_max_phase=float(c["max_phase"]),
-                       norm="batch", activation="gelu_tanh", mixing="glu", prenorm=True,
+                       norm="batch", activation="gelu_tanh", mixing="glu", prenorm=True, final_norm=False,
                        dropout=float(c.get("drop_rate", 0.0)), pooling="mean",
                        layer_d_state=None if layer_d_state is None or len(set(layer_d_state)) == 1 else list(layer_d_state))
 
