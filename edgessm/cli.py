@@ -479,7 +479,7 @@ def compress(model_path, output, rank, energy, tol, layer_ranks, method, horizon
 @click.argument("source_path", type=click.Path(dir_okay=False))
 @click.option("--from", "family", required=True, type=click.Choice(["s4d", "s4", "dss", "s5", "lru"]),
               help="the codebase that trained it: s4d (s4 models/s4/s4d.py, example.py), s4 (S4Block, mode='diag'), "
-                   "dss (ag1988/dss), s5, lru")
+                   "dss (ag1988/dss), s5 (lindermanlab/S5 S5SSM layer), lru (CompreSSM LRU model, or one layer with --prefix)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="JSON (or YAML) of the source's constructor arguments [default: the upstream defaults]")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
