@@ -225,6 +225,19 @@ def test_s5_refuses_what_it_cannot_represent(tmp_path, setting, match):
     fails("import", S5 / "params.npz", "--from", "s5", "--set", setting, "-o", o, match=match, out=o)
 
 
+def test_non_finite_weights_are_refused(tmp_path):
+    params = dict(np.load(S5 / "params.npz"))
+    params["D"] = params["D"].copy()
+    params["D"][3] = np.nan
+    np.savez(tmp_path / "p.npz", **params)
+    fails("import", tmp_path / "p.npz", "--from", "s5", "-o", tmp_path / "o.safetensors", match="D has non-finite")
+    w = dict(np.load(LRU / "weights.npz"))
+    w[".blocks[0].lru.nu_log"] = np.full_like(w[".blocks[0].lru.nu_log"], -800.0)  # |Lambda| rounds to 1
+    np.savez(tmp_path / "w.npz", **w)
+    fails("import", tmp_path / "w.npz", "--from", "lru", "--prefix", ".blocks[0].lru", "-o", tmp_path / "o.safetensors",
+          match="|Lambda| = 1")
+
+
 def test_s5_bidirectional_keys_are_refused(tmp_path):
     params = dict(np.load(S5 / "params.npz"))
     C = params.pop("C")

@@ -58,7 +58,6 @@ class Imported:
     # A family whose layers edgessm keeps in their own parametrisation (LRU, S5: MIMO layers) builds the float32
     # model itself; the driver then checks and saves it instead of rebuilding S4D layers from the systems.
     model: Any = None
-    state_file: Optional[str] = None         # a second file read with the weights (LRU's BatchNorm state)
 
 
 class Options:

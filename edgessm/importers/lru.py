@@ -108,6 +108,15 @@ def _source_layer(t: Mapping[str, np.ndarray], p: str):
                    ("C_im", (H, N)), ("D", (H,))):
         if v[k].shape != shp:
             raise ValueError(f"{p}{k} has shape {v[k].shape}, an LRULayer with N={N}, H={H} stores {shp}")
+    from ._common import ImportError_
+
+    for k, a in v.items():
+        if not np.all(np.isfinite(a)):
+            raise ImportError_(f"lru: {p}{k} has non-finite values (NaN or inf); the training diverged, "
+                               "export an earlier checkpoint")
+    if np.any(np.exp(v["nu_log"]) == 0):  # |Lambda| = exp(-exp(nu_log)) rounds to 1: a mode that never decays
+        raise ImportError_(f"lru: {p}nu_log has modes with |Lambda| = 1 (nu_log < -745); a stream of them "
+                           "does not forget; these weights cannot be imported as a stable layer")
     # LRULayer.__call__: Lambda = exp(-exp(nu_log) + i exp(theta_log)), B_norm = (B_re + i B_im) exp(gamma_log)
     log_lam = -np.exp(v["nu_log"]) + 1j * np.exp(v["theta_log"])  # (N)
     lam = np.exp(log_lam)  # (N)
@@ -255,5 +264,4 @@ def read(tensors: Mapping[str, np.ndarray], options: dict[str, Any], prefix, pat
     notes = ["CompreSSM LRU: BatchNorm (running statistics, eps 1e-5) -> LRU -> tanh GELU -> GLU -> residual per "
              "block, mean over L -> linear; the source's softmax is left out: softmax(y[:, -1]) are its outputs"]
     return Imported("lru", "model", model.config, [s for s, _ in layers], {}, opts.effective(), opts.assumed,
-                    layout="B L D", prefix="", notes=notes + bn_notes, model=model.eval(),
-                    state_file=state[0] if state else None)
+                    layout="B L D", prefix="", notes=notes + bn_notes, model=model.eval())

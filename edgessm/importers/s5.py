@@ -98,6 +98,10 @@ def read(tensors: Mapping[str, np.ndarray], options: dict[str, Any], prefix, pat
     lam_im = np.asarray(t["Lambda_im"], np.float64)  # (P)
     B, C = np.asarray(t["B"], np.float64), np.asarray(t["C"], np.float64)  # (P H 2), (H P 2)
     D, log_step = np.asarray(t["D"], np.float64), np.asarray(t["log_step"], np.float64)  # (H), (P 1)
+    for k, a in (("Lambda_re", lam_re), ("Lambda_im", lam_im), ("B", B), ("C", C), ("D", D), ("log_step", log_step)):
+        if not np.all(np.isfinite(a)):
+            raise ImportError_(f"s5: {p}{k} has non-finite values (NaN or inf); the training diverged, "
+                               "export an earlier checkpoint")
     P, H = lam_re.shape[0], D.shape[0]
     want = {"Lambda_im": (P,), "B": (P, H, 2), "C": (H, P, 2), "log_step": (P, 1)}
     for k, shp in want.items():
