@@ -277,11 +277,64 @@ def test_lru_state_orders_agree_and_statistics_enter_the_model():
 
 
 @pytest.mark.parametrize("setting,match", [("dual=true", "DualHead"), ("classification=false", "tanh"),
-                                           ("use_embedding=true", "use_embedding")])
+                                           ("use_embedding=true", "use_embedding=True but the weights have a")])
 def test_lru_refuses_what_it_cannot_represent(tmp_path, setting, match):
     o = tmp_path / "o.safetensors"
     fails("import", LRU / "weights.npz", "--from", "lru", "--state", LRU / "bn_state.npz", "--set", setting,
           "-o", o, match=match, out=o)
+
+
+def _lru_reference(w: dict, bn: dict, x: np.ndarray) -> np.ndarray:
+    """CompreSSM's LRU.__call__ in inference mode, transcribed in numpy float64 (one loop per step): the class
+    probabilities (B O). x: float features (B L D), or int token ids (B L 1) with an Embedding encoder."""
+    f = lambda k: w[k].astype(np.float64)
+    if ".linear_encoder.bias" in w:
+        h = x.astype(np.float64) @ f(".linear_encoder.weight").T + f(".linear_encoder.bias")  # (B L H)
+    else:
+        h = f(".linear_encoder.weight")[x[..., 0]]  # (B L H) eqx.nn.Embedding
+    i = 0
+    while f".blocks[{i}].lru.nu_log" in w:
+        p = f".blocks[{i}]."
+        mean, var = (bn[f"blocks[{i}].norm.running_{s}"].astype(np.float64) for s in ("mean", "var"))
+        z = (h - mean) / np.sqrt(var + 1e-5)  # BatchNorm, inference mode
+        lam = np.exp(-np.exp(f(p + "lru.nu_log")) + 1j * np.exp(f(p + "lru.theta_log")))  # (N)
+        Bn = (f(p + "lru.B_re") + 1j * f(p + "lru.B_im")) * np.exp(f(p + "lru.gamma_log"))[:, None]  # (N H)
+        C = f(p + "lru.C_re") + 1j * f(p + "lru.C_im")  # (H N)
+        s, ys = np.zeros((h.shape[0], lam.size), np.complex128), []
+        for k in range(h.shape[1]):
+            s = lam * s + z[:, k] @ Bn.T
+            ys.append((s @ C.T).real + f(p + "lru.D") * z[:, k])
+        y = np.stack(ys, 1)  # (B L H)
+        g = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3)))  # jax.nn.gelu, approximate=True
+        a = g @ f(p + "glu.w1.weight").T + f(p + "glu.w1.bias")
+        b = g @ f(p + "glu.w2.weight").T + f(p + "glu.w2.bias")
+        h = h + a / (1 + np.exp(-b))  # GLU, dropout off, residual
+        i += 1
+    logits = h.mean(1) @ f(".linear_layer.weight").T + f(".linear_layer.bias")  # (B O)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_lru_embedding_encoder_against_a_numpy_transcription(tmp_path):
+    w, bn = dict(np.load(LRU / "weights.npz")), dict(np.load(LRU / "bn_state_readable.npz"))
+    x, ref, _ = _io("lru")
+    assert rel(_lru_reference(w, bn, x), ref) <= 1e-12  # the transcription is the upstream model
+    # use_embedding=True: eqx.nn.Embedding(vocab, H), weight (vocab H), no bias; tokens (L, 1)
+    rng = np.random.default_rng(0)
+    w[".linear_encoder.weight"] = rng.standard_normal((7, 16)).astype(np.float32)
+    del w[".linear_encoder.bias"]
+    np.savez(tmp_path / "tok.npz", **w)
+    ck = tmp_path / "tok.safetensors"
+    res = json.loads(run("import", tmp_path / "tok.npz", "--from", "lru", "--state", LRU / "bn_state.npz",
+                         "-o", ck, "--json").stdout)
+    assert res["check"]["passed"] and res["config"]["vocab_size"] == 7
+    tokens = rng.integers(0, 7, size=(3, 40, 1))
+    m = edgessm.load(ck).double().eval()
+    with torch.no_grad():
+        y = torch.softmax(m(torch.from_numpy(tokens[..., 0]))[:, -1], -1).numpy()
+    assert rel(y, _lru_reference(w, bn, tokens)) <= 1e-12  # float64 model vs float64 transcription
+    fails("import", tmp_path / "tok.npz", "--from", "lru", "--state", LRU / "bn_state.npz", "--set",
+          "use_embedding=false", "-o", tmp_path / "o.safetensors", match="no .linear_encoder.bias")
 
 
 def test_lru_reduced_blocks_of_different_sizes_import(tmp_path):

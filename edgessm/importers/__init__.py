@@ -201,7 +201,10 @@ def check_import(model, imp: Imported, L: int, seed: int = 0) -> dict[str, Any]:
     cfg = model.config
     Lc = min(L, 256)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, Lc, cfg.d_input, generator=g, dtype=torch.float64)
+    if cfg.vocab_size > 0:  # a token model (an LRU with use_embedding): int64 ids (B L)
+        x = torch.randint(0, cfg.vocab_size, (2, Lc), generator=g)
+    else:
+        x = torch.randn(2, Lc, cfg.d_input, generator=g, dtype=torch.float64)
     with torch.no_grad():
         y_conv = m64(x)  # (B L O)
         state = [blk.ssm.init_state(2, torch.complex128) for blk in m64.blocks]  # c(B H N) or c(B P)

@@ -6,7 +6,8 @@ Input: flat dicts of numpy arrays keyed as equinox's ``jax.tree_util.keystr`` wr
 readers (npz, eqx) live elsewhere; this module only knows which array goes where.
 
 Correspondence (reference -> edgessm), per block i:
-    linear_encoder.{weight,bias}          -> encoder (nn.Linear(input_dim, H))
+    linear_encoder.{weight,bias}          -> encoder (nn.Linear(input_dim, H)); use_embedding: weight (vocab H)
+                                             -> nn.Embedding (tokens (B L), the reference's (L 1) squeezed)
     blocks[i].norm running mean / var     -> blocks[i].norm (ChannelBatchNorm, no affine, eps 1e-5)
     blocks[i].lru.{nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D} -> blocks[i].ssm (same names)
     blocks[i].glu.w1, w2 (w1(x) * sigmoid(w2(x)))  -> blocks[i].mixing = Linear(H, 2H) + GLU: rows [w1; w2]
@@ -35,10 +36,10 @@ def lru_config(constructor: Mapping[str, Any], layer_d_state: Optional[list[int]
 
     layer_d_state: each block's N when they differ (a model CompreSSM reduced in training)."""
     c = constructor
-    if c.get("dual") or c.get("use_embedding") or not c.get("classification", True):
-        raise ConfigError("only CompreSSM's single-input LRU classifier (dual=False, use_embedding=False, "
-                          "classification=True) is mapped")
-    return ModelConfig(d_input=int(c["input_dim"]), d_output=int(c["output_dim"]), d_model=int(c["hidden_dim"]),
+    if c.get("dual") or not c.get("classification", True):
+        raise ConfigError("only CompreSSM's single-input LRU classifier (dual=False, classification=True) is mapped")
+    vocab = int(c["vocab_size"]) if c.get("use_embedding") else 0
+    return ModelConfig(d_input=int(c["input_dim"]), vocab_size=vocab, d_output=int(c["output_dim"]), d_model=int(c["hidden_dim"]),
                        n_layers=int(c["num_blocks"]), d_state=int(c["state_dim"]), layer="lru",
                        lru_r_min=float(c["r_min"]), lru_r_max=float(c["r_max"]), lru_max_phase=float(c["max_phase"]),
                        norm="batch", activation="gelu_tanh", mixing="glu", prenorm=True, final_norm=False,
@@ -73,7 +74,8 @@ def lru_model_from_arrays(weights: Mapping[str, np.ndarray], bn_stats: Mapping[s
     cfg = lru_config(constructor, layer_d_state)
     model = SSMModel(cfg)
     _set(model.encoder.weight, _get(weights, ".linear_encoder.weight"), ".linear_encoder.weight")
-    _set(model.encoder.bias, _get(weights, ".linear_encoder.bias"), ".linear_encoder.bias")
+    if cfg.vocab_size == 0:  # eqx.nn.Embedding has no bias
+        _set(model.encoder.bias, _get(weights, ".linear_encoder.bias"), ".linear_encoder.bias")
     for i, blk in enumerate(model.blocks):
         load_lru_layer(blk.ssm, weights, f".blocks[{i}].lru")
         _set(blk.norm.running_mean, _get(bn_stats, f"blocks[{i}].norm.running_mean"), f"blocks[{i}].norm.running_mean")
@@ -236,9 +238,12 @@ def read(tensors: Mapping[str, np.ndarray], options: dict[str, Any], prefix, pat
     if not opts.get("classification", math=False):
         raise ImportError_("lru: classification=False subsamples every output_step steps and ends in tanh, which "
                            "edgessm's head has no counterpart for; import each LRULayer with --prefix instead")
-    if opts.get("use_embedding", math=False):
-        raise ImportError_("lru: use_embedding=True (token input) is not mapped yet; import each LRULayer with "
-                           "--prefix instead")
+    # eqx.nn.Linear has a bias, eqx.nn.Embedding none: the keys say which encoder it is
+    embedding = ".linear_encoder.bias" not in tensors
+    if opts.has("use_embedding") and bool(opts.given["use_embedding"]) != embedding:
+        raise ImportError_(f"lru: --config says use_embedding={opts.given['use_embedding']!r} but the weights have "
+                           f"{'no' if embedding else 'a'} .linear_encoder.bias (an eqx.nn.{'Embedding' if embedding else 'Linear'}); "
+                           "pass the config of this model")
     blocks = sorted({int(m.group(1)) for k in tensors for m in [re.match(r"^\.blocks\[(\d+)\]\.lru\.nu_log$", k)] if m})
     if blocks != list(range(len(blocks))):
         raise ImportError_(f"{path}: LRU blocks {blocks} are not numbered 0..{len(blocks) - 1}")
@@ -247,11 +252,14 @@ def read(tensors: Mapping[str, np.ndarray], options: dict[str, Any], prefix, pat
             raise ImportError_("lru: a BatchNorm with channelwise_affine=True is not CompreSSM's block "
                                "(channelwise_affine=False); edgessm's LRU block has no affine norm")
     layers = [_source_layer(tensors, f".blocks[{i}].lru.") for i in blocks]
-    W_enc = np.asarray(tensors[".linear_encoder.weight"])  # (H d_input)
+    W_enc = np.asarray(tensors[".linear_encoder.weight"])  # (H d_input), Embedding: (vocab H)
     W_dec = np.asarray(tensors[".linear_layer.weight"])  # (O H)
-    H = W_enc.shape[0]
+    H = W_dec.shape[1]
+    if W_enc.ndim != 2 or W_enc.shape[1 if embedding else 0] != H:
+        raise ValueError(f".linear_encoder.weight has shape {W_enc.shape}, the blocks have H={H}")
     Ns = [v["nu_log"].shape[0] for _, v in layers]
-    c = {"num_blocks": len(blocks), "input_dim": W_enc.shape[1], "output_dim": W_dec.shape[0], "hidden_dim": H,
+    c = {"num_blocks": len(blocks), "input_dim": 1 if embedding else W_enc.shape[1], "output_dim": W_dec.shape[0],
+         "hidden_dim": H, "use_embedding": embedding, "vocab_size": W_enc.shape[0] if embedding else None,
          "state_dim": Ns[0], "r_min": opts.get("r_min", math=False), "r_max": opts.get("r_max", math=False),
          "max_phase": opts.get("max_phase", math=False), "drop_rate": opts.get("drop_rate", math=False)}
     key_map = options.get("bn_state_key_map")
@@ -263,5 +271,7 @@ def read(tensors: Mapping[str, np.ndarray], options: dict[str, Any], prefix, pat
     model.provenance = {}
     notes = ["CompreSSM LRU: BatchNorm (running statistics, eps 1e-5) -> LRU -> tanh GELU -> GLU -> residual per "
              "block, mean over L -> linear; the source's softmax is left out: softmax(y[:, -1]) are its outputs"]
+    if embedding:
+        notes.append("token input: the reference's (L, 1) token ids are edgessm's int64 (B, L)")
     return Imported("lru", "model", model.config, [s for s, _ in layers], {}, opts.effective(), opts.assumed,
-                    layout="B L D", prefix="", notes=notes + bn_notes, model=model.eval())
+                    layout="B L (tokens)" if embedding else "B L D", prefix="", notes=notes + bn_notes, model=model.eval())
