@@ -245,6 +245,9 @@ def read(tensors: Mapping[str, np.ndarray], options: dict[str, Any], prefix, pat
                            f"{'no' if embedding else 'a'} .linear_encoder.bias (an eqx.nn.{'Embedding' if embedding else 'Linear'}); "
                            "pass the config of this model")
     blocks = sorted({int(m.group(1)) for k in tensors for m in [re.match(r"^\.blocks\[(\d+)\]\.lru\.nu_log$", k)] if m})
+    if not blocks:
+        raise ImportError_(f"{path}: no .blocks[i].lru.nu_log keys beside .linear_encoder; save the whole LRU with "
+                           "keystr keys, or pick one layer with --prefix")
     if blocks != list(range(len(blocks))):
         raise ImportError_(f"{path}: LRU blocks {blocks} are not numbered 0..{len(blocks) - 1}")
     for i in blocks:
