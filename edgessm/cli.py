@@ -477,7 +477,7 @@ def compress(model_path, output, rank, energy, tol, layer_ranks, method, horizon
 @click.argument("source_path", type=click.Path(dir_okay=False))
 @click.option("--from", "family", required=True, type=click.Choice(["s4d", "s4", "dss", "s5", "lru"]),
               help="the codebase that trained it: s4d (s4 models/s4/s4d.py, example.py), s4 (S4Block, mode='diag'), "
-                   "dss (ag1988/dss), s5, lru")
+                   "dss (ag1988/dss), s5 (lindermanlab/S5 S5SSM layer), lru (CompreSSM LRU model, or one layer with --prefix)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="JSON (or YAML) of the source's constructor arguments [default: the upstream defaults]")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
@@ -485,15 +485,18 @@ def compress(model_path, output, rank, energy, tol, layer_ranks, method, horizon
 @click.option("--prefix", default=None, help="where the layer/model sits in the file's keys, e.g. model.layers.0.layer")
 @click.option("--length", type=int, default=None,
               help="the training length L, for kernels normalised over L (DSS softmax, S4 disc=dss); the check's L otherwise")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+              help="--from lru model: the BatchNorm running statistics, the eqx.nn.State saved as .npz like the weights")
 @out_option
 @json_option
-def import_cmd(source_path, family, config_path, set_items, prefix, length, output, as_json):
+def import_cmd(source_path, family, config_path, set_items, prefix, length, state_path, output, as_json):
     """Import a model or layer trained with another codebase into an edgessm checkpoint, and check it."""
     from .importers import import_checkpoint, parse_sets, source_options, summary
 
-    _guard_paths({"input file": source_path, "--config": config_path}, {"-o": output}, read=True)
+    _guard_paths({"input file": source_path, "--config": config_path, "--state": state_path}, {"-o": output}, read=True)
     opts = source_options(config_path, parse_sets(set_items), length)
-    _emit(import_checkpoint(source_path, output, family, opts, prefix=prefix, length=length), as_json, summary)
+    _emit(import_checkpoint(source_path, output, family, opts, prefix=prefix, length=length, state=state_path),
+          as_json, summary)
 
 
 # ---- export -------------------------------------------------------------------------------------

@@ -201,9 +201,7 @@ def test_formats_are_read_by_content_and_agree(tmp_path):
 
 def test_flax_msgpack_reader_matches_npz():
     # The S5 fixture ships the same parameters as flax msgpack and as path-keyed npz (for the S5/LRU importers).
-    s5 = Path(__file__).parent.parent.parent / "shared" / "fixtures" / "s5"
-    if not (s5 / "params.msgpack").exists():
-        pytest.skip("the shared S5 fixture is not next to this checkout")
+    s5 = DATA / "s5"
     a, b = read_tensors(s5 / "params.msgpack"), read_tensors(s5 / "params.npz")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 

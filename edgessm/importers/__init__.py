@@ -6,9 +6,11 @@ an edgessm checkpoint, then a check of the result against the source's own formu
     check_import(model, imported, L)     -> dict                   kernel vs the source formula, conv vs step
 
 Families: s4d (state-spaces/s4 models/s4/s4d.py and example.py's model), s4 (an S4Block with the diagonal
-kernel), dss (ag1988/dss standalone DSS); s5 and lru come from their own modules (``edgessm.importers.s5``,
-``.lru``) with the same ``read(tensors, options, prefix, path) -> Imported`` entry point and the format readers
-in :mod:`edgessm.importers.formats`.
+kernel), dss (ag1988/dss standalone DSS), s5 (lindermanlab/S5's S5SSM layer) and lru (CompreSSM's LRU model or
+one LRULayer), each with the same ``read(tensors, options, prefix, path) -> Imported`` entry point and the format
+readers in :mod:`edgessm.importers.formats`. S4D, S4 and DSS layers become S4D layers rebuilt from their float64
+DiagonalSSM; LRU and S5 layers keep their own parametrisation (the family builds the model) and are checked
+through their MimoSSM (impulse response r(O I L) against the source's formula).
 
 A single layer imports as a model with encoder='none', decoder='none', residual=False and no norms: a checkpoint
 holding just that layer (x (B L H) -> y (B L H)), which compress, export and the runtime accept like any other.
@@ -107,6 +109,8 @@ def source_options(config: Optional[str | os.PathLike | dict] = None, sets: Opti
         d = {k: v for k, v in d.items() if not (isinstance(v, str) and v.startswith("${"))}
         if raw.get("training_length_L"):
             d["_length"] = int(raw["training_length_L"])
+        if isinstance(raw.get("bn_state_key_map"), dict):  # the LRU fixture's map of eqx.nn.State keys
+            d.setdefault("bn_state_key_map", raw["bn_state_key_map"])
     d.update(sets or {})
     if length is not None:
         d["_length"] = int(length)
@@ -114,8 +118,10 @@ def source_options(config: Optional[str | os.PathLike | dict] = None, sets: Opti
 
 
 def import_model(path: str | os.PathLike, family: str, options: Optional[dict[str, Any]] = None,
-                 prefix: Optional[str] = None):
-    """(SSMModel float32, Imported) from a source weights file; nothing is written."""
+                 prefix: Optional[str] = None, state: Optional[str | os.PathLike] = None):
+    """(SSMModel float32, Imported) from a source weights file; nothing is written.
+
+    state: a second file of non-trainable buffers (``--state``: an LRU model's BatchNorm running statistics)."""
     import torch
 
     from ..model import model_from_systems
@@ -128,8 +134,13 @@ def import_model(path: str | os.PathLike, family: str, options: Optional[dict[st
     tensors = read_tensors(path)
     if sniff(path) == "safetensors" and _is_edgessm(path):
         raise ImportError_(f"{path} is already an edgessm checkpoint; compress or export it directly")
+    extra = {}
+    if state is not None:
+        if family != "lru":
+            raise ImportError_(f"--state is the BatchNorm state of an LRU model; --from {family} has none, drop --state")
+        extra["state"] = (str(state), read_tensors(state))
     try:
-        imp: Imported = read(tensors, dict(options or {}), prefix, str(path))
+        imp: Imported = read(tensors, dict(options or {}), prefix, str(path), **extra)
     except NotFound as e:
         guess = [f for f, marks in _MARKS.items() if f != family and any(k.endswith(m) for k in tensors for m in marks)]
         raise ImportError_(f"{e}; {'the keys look like --from ' + ' or '.join(guess) if guess else 'is --from ' + family + ' right?'}") from None
@@ -139,6 +150,8 @@ def import_model(path: str | os.PathLike, family: str, options: Optional[dict[st
         raise ImportError_(f"{path}: tensor {e} is missing for a {family} layer; is --from {family} (and --prefix) right?") from None
     except (ValueError, IndexError) as e:  # shapes that do not fit the family's layout
         raise ImportError_(f"{path}: the tensors do not have {family}'s shapes ({e}); is --from {family} right?") from None
+    if imp.model is not None:  # LRU, S5: built in the layer's own parametrisation by the family
+        return imp.model.float().eval(), imp
     weights = {k: torch.as_tensor(np.asarray(v, np.float64)).float() for k, v in imp.weights.items()}
     for i, layer in enumerate(imp.layers):
         weights[f"blocks.{i}.ssm.log_dt"] = torch.as_tensor(layer.log_dt).float()
@@ -160,27 +173,41 @@ def check_import(model, imp: Imported, L: int, seed: int = 0) -> dict[str, Any]:
     (float64). Relative errors are max|diff| / max|reference|."""
     import torch
 
+    from ..mimo import MimoSSM
+
     layers = []
     for i, (blk, src) in enumerate(zip(model.blocks, imp.layers)):
+        mimo = isinstance(src.system, MimoSSM)
         with torch.no_grad():
-            K = blk.ssm.kernel(L).numpy()  # (H L) from the float32-stored parameters
-        K_src = src.kernel(L)  # (H L) the source's formula
-        K_sys = src.system.impulse_response(L)  # (H L) the float64 system before storage (D at lag 0)
-        K_sys[:, 0] -= src.system.D
+            if mimo:  # (O I L) the stored layer's map, its float32 parameters evaluated in float64
+                K = blk.ssm.to_system().impulse_response(L)
+                K[:, :, 0] -= blk.ssm.to_system().D
+            else:
+                K = blk.ssm.kernel(L).numpy()  # (H L) from the float32-stored parameters
+        K_src = src.kernel(L)  # (H L) or (O I L): the source's formula
+        K_sys = src.system.impulse_response(L)  # the float64 system before storage (D at lag 0)
+        D_src = np.diag(src.system.D) if mimo else src.system.D  # r(H): every family's skip is per channel
+        if mimo:
+            K_sys[:, :, 0] -= src.system.D
+        else:
+            K_sys[:, 0] -= src.system.D
         scale = max(float(np.max(np.abs(K_src))), 1e-300)
         D = blk.ssm.D.detach().double().numpy()
-        layers.append({"layer": i, "H": src.system.H, "N": src.system.N,
+        layers.append({"layer": i, "H": src.system.n_out if mimo else src.system.H, "N": src.system.N,
                        "kernel_rel": float(np.max(np.abs(K - K_src))) / scale,
                        "kernel_rel_float64": float(np.max(np.abs(K_sys - K_src))) / scale,
-                       "D_rel": float(np.max(np.abs(D - src.system.D)) / max(np.max(np.abs(src.system.D)), 1e-300))})
+                       "D_rel": float(np.max(np.abs(D - D_src)) / max(np.max(np.abs(D_src)), 1e-300))})
     m64 = copy.deepcopy(model).double().eval()
     cfg = model.config
     Lc = min(L, 256)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, Lc, cfg.d_input, generator=g, dtype=torch.float64)
+    if cfg.vocab_size > 0:  # a token model (an LRU with use_embedding): int64 ids (B L)
+        x = torch.randint(0, cfg.vocab_size, (2, Lc), generator=g)
+    else:
+        x = torch.randn(2, Lc, cfg.d_input, generator=g, dtype=torch.float64)
     with torch.no_grad():
         y_conv = m64(x)  # (B L O)
-        state = [torch.zeros(2, cfg.d_model, blk.ssm.N, dtype=torch.complex128) for blk in m64.blocks]
+        state = [blk.ssm.init_state(2, torch.complex128) for blk in m64.blocks]  # c(B H N) or c(B P)
         if cfg.pooling == "mean":
             state.append(torch.zeros(2, cfg.d_output + 1, dtype=torch.float64))
         cache = [blk.ssm.step_params(torch.complex128) for blk in m64.blocks]
@@ -197,16 +224,17 @@ def check_import(model, imp: Imported, L: int, seed: int = 0) -> dict[str, Any]:
 
 def import_checkpoint(path: str | os.PathLike, output: str | os.PathLike, family: str,
                       options: Optional[dict[str, Any]] = None, prefix: Optional[str] = None,
-                      length: Optional[int] = None) -> dict[str, Any]:
+                      length: Optional[int] = None, state: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Import, check, and (only if the check passes) write ``output``; returns the check and the provenance."""
     from ..checkpoint import file_sha256, save
 
     src, out = Path(path), Path(output)
-    if src.exists() and out.exists() and src.resolve() == out.resolve():
-        raise CheckpointError(f"-o {out} is the input file; write the edgessm checkpoint to a new path")
+    for given in (src, Path(state) if state is not None else None):
+        if given is not None and given.exists() and out.exists() and given.resolve() == out.resolve():
+            raise CheckpointError(f"-o {out} is an input file; write the edgessm checkpoint to a new path")
     if out.suffix.lower() != ".safetensors":
         raise CheckpointError(f"-o {out}: an edgessm checkpoint is a .safetensors file; name it e.g. model.safetensors")
-    model, imp = import_model(src, family, options, prefix)
+    model, imp = import_model(src, family, options, prefix, state)
     L = int(length or imp.exact_length or min(imp.max_length or 1024, 1024))
     check = check_import(model, imp, L)
     if not check["passed"]:
@@ -217,6 +245,7 @@ def import_checkpoint(path: str | os.PathLike, output: str | os.PathLike, family
                            "(check --from and --config)")
     prov = {"command": "import",
             "import": {"family": imp.family, "level": imp.level, "source": {"path": str(src), "sha256": file_sha256(src)},
+                       **({"state": {"path": str(state), "sha256": file_sha256(state)}} if state is not None else {}),
                        "prefix": imp.prefix, "source_layout": imp.layout, "options": _jsonable(imp.options),
                        "assumed_defaults": imp.assumed, "exact_length": imp.exact_length,
                        "max_length": imp.max_length, "notes": imp.notes, "check": check}}
@@ -260,6 +289,7 @@ def summary(r: dict[str, Any]) -> str:
         lines.append(f"matches the source for L <= {r['max_length']} (it truncates its kernel there; the stream does not)")
     if r.get("assumed_defaults"):
         lines.append("assumed upstream defaults (not in --config): " + ", ".join(r["assumed_defaults"]))
+    lines += [f"note: {n}" for n in r.get("notes") or []]
     if r["level"] == "layer":
         lines.append(f"a layer checkpoint: x (B L H) -> y (B L H) (the source's layout was {r['layout']})")
     return "\n".join(lines)

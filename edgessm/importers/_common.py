@@ -10,12 +10,13 @@ Dimensions: H channels, N stored modes, L length, S independent SSM copies (n_ss
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..mimo import MimoSSM
 from ..ssm import DiagonalSSM
 
 __all__ = ["ImportError_", "NotFound", "SourceLayer", "Imported", "Options", "find_prefixes", "pick_prefix", "linear_weight",
@@ -34,15 +35,15 @@ class NotFound(ImportError_):
 class SourceLayer:
     """One SSM layer of the source, exactly, in float64."""
 
-    system: DiagonalSSM                      # discrete A, B, C c(H N), D r(H); output 2 Re(C x_k) + D u_k
-    log_dt: np.ndarray                       # r(H): the dt the edgessm layer keeps (Lambda = log(A) / dt)
-    kernel: Callable[[int], np.ndarray]      # L -> r(H L): the source's kernel by the source's own formula (no D)
+    system: Union[DiagonalSSM, MimoSSM]      # SISO: A, B, C c(H N), D r(H), output 2 Re(C x_k) + D u_k; MIMO (LRU, S5): mimo.py
+    log_dt: Optional[np.ndarray]             # r(H): the dt the edgessm S4D layer keeps (Lambda = log(A) / dt); None for MIMO
+    kernel: Callable[[int], np.ndarray]      # L -> r(H L) (MIMO: r(O I L)): the source's kernel by its own formula (no D)
     lambdas: Optional[np.ndarray] = None     # c(H N): continuous eigenvalues at that dt, to keep the trained branch
 
 
 @dataclass
 class Imported:
-    family: str                              # s4d | s4 | dss
+    family: str                              # s4d | s4 | dss | s5 | lru
     level: str                               # "model" (the whole network) | "layer" (SSM layer(s) for your backbone)
     config: ModelConfig
     layers: list[SourceLayer]
@@ -54,6 +55,9 @@ class Imported:
     layout: str = "B L H"                    # the source's own input/output layout
     prefix: str = ""                         # where in the file the weights were found
     notes: list[str] = field(default_factory=list)
+    # A family whose layers edgessm keeps in their own parametrisation (LRU, S5: MIMO layers) builds the float32
+    # model itself; the driver then checks and saves it instead of rebuilding S4D layers from the systems.
+    model: Any = None
 
 
 class Options:
