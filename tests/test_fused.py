@@ -279,7 +279,7 @@ def test_damaged_cache_entry_is_rebuilt_and_unwritable_cache_still_builds(tmp_pa
     (tmp_path / "cache2").symlink_to(tmp_path / "cache")      # the same folder under a new name: a new
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))  # look-up, as a new process would do
     lib, how = load_library()
-    assert "built" in how and lib.esf_version() == 1 and so.read_bytes()[:4] == b"\x7fELF"
+    assert "built" in how and lib.esf_version() == 2 and so.read_bytes()[:4] == b"\x7fELF"
     if os.geteuid() != 0:  # root writes anywhere: the read-only case cannot be made here
         ro = tmp_path / "ro"
         ro.mkdir()
