@@ -1,6 +1,6 @@
 """The fused step engine: an edgessm step graph run as one C call per step, beside onnxruntime.
 
-Dimensions: B streams, L steps, H channels, N modes of a block, O = d_output.
+Dimensions: B streams, L steps, H channels, N modes of a SISO block, P modes of a MIMO block, O = d_output.
 
 Why an engine of the runtime's own and not an onnxruntime custom op: a custom op needs onnxruntime's
 C API headers at build time (the wheels do not ship them, and vendoring them is not allowed here),
@@ -12,9 +12,13 @@ Life of a fused session (``load_fused``):
 
 1. ``plan_from_onnx`` recognises the graph: the ``edgessm.*`` metadata and the node list by section
    (``encoder``, ``block.{i}``, ``block.{i}/ssm``, ``head``, ``pool``, the names export/graph.py gives),
-   both SSM forms (the CPU target's elementwise delta form and the GPU targets' Einsum matrices, whose
-   structure is checked to be the diagonal one), fp32 and fp16, every norm / activation / mixing /
-   pooling / encoder choice. Anything else (an unknown block, op or layout) is FusedUnavailable.
+   both SISO SSM forms of S4D / DSS (the CPU target's elementwise delta form and the GPU targets' Einsum
+   matrices, whose structure is checked to be the diagonal one), both MIMO update forms of LRU / S5 (one
+   Gemm over [X | z] when P <= H, whose state rows are checked to be the diagonal recurrence, or elementwise
+   on X plus a Gemm on z) with the readout Gemm over [X | z], fp32 and fp16, every norm (a BatchNorm is
+   already folded into the MIMO Gemms) / activation (exact and tanh GELU) / mixing / pooling / encoder /
+   decoder choice, with or without the residual. Anything else (an unknown block, op or layout) is
+   FusedUnavailable.
 2. ``load_library`` compiles csrc/edgessm_fused.c with the platform's C compiler (``$CC``, else cc /
    gcc), once: the shared object is cached under ``$XDG_CACHE_HOME/edgessm/fused`` (default
    ``~/.cache``), keyed by the source's hash, the compiler and the flags. No compiler: FusedUnavailable.
