@@ -15,7 +15,8 @@ Also the process CPU time per step: on shared cores a call that lasts millisecon
 
 --agreement: max relative difference of the fused engine vs onnxruntime and vs the float64 model
 (edgessm.export.verify.reference), and of onnxruntime vs the float64 model, for every export case of
-tests/test_fused.py (batch 3, 2,000 steps) and its two 10^5-step models (batch 2).
+tests/test_fused.py (batch 3, 2,000 steps) and its 10^5-step models (batch 2; S4D, DSS, and LRU / S5 at
+P = 6 and reduced by edgessm.compress.compress_model).
 
 Models (--models picks some by label prefix, e.g. --models lru,s5): the 4 x 128 x 8 S4D of the latency issue
 (d_input 1, 10 classes, mean pooling, GLU, pre-LN), the mnist1d shape 4 x 64 x 8 (the default ModelConfig at
@@ -118,15 +119,25 @@ def agreement() -> None:
 
     print("| case | fused vs onnxruntime | fused vs float64 | onnxruntime vs float64 |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as d:
-        runs = [(n, c, o, 3, 2000) for n, (c, o) in {**T.CASES, **T.FP16_CASES}.items()]
+        runs = [(n, c, o, 3, 2000, None) for n, (c, o) in {**T.CASES, **T.FP16_CASES}.items()]
         runs += [(f"{layer} H=4 N={ranks}, 1e5 steps", dict(layer=layer, d_model=4, layer_d_state=ranks, d_input=1,
-                                                             d_output=2), {}, 2, 100_000)
+                                                             d_output=2), {}, 2, 100_000, None)
                  for layer, ranks in [("s4d", [8, 1]), ("dss", [2, 5])]]
-        runs += [(f"{layer} H=4 P={P}, 1e5 steps", dict(layer=layer, d_model=4, d_state=P, d_input=1, d_output=2,
-                                                        **(LRU_BLOCK if layer == "lru" else {})), {}, 2, 100_000)
-                 for layer, P in [("lru", 6), ("lru", 2), ("s5", 6), ("s5", 3)]]
-        for name, cfg, opts, batch, L in runs:
-            m, path = T._export(Path(d), f"m{len(name)}", cfg, opts)
+        # the MIMO 1e5-step cases of the test file: P = 6 > H (elementwise update) and reduced by compress_model
+        lru = dict(norm="batch", activation="gelu_tanh")
+        runs += [(f"{layer} H=4 P=6{f' reduced to {r}' if r else ''}, 1e5 steps",
+                  dict(layer=layer, d_model=4, d_state=6, d_input=1, d_output=2, **(lru if layer == "lru" else {})),
+                  {}, 2, 100_000, r) for layer, r in [("lru", None), ("lru", 2), ("s5", None), ("s5", 3)]]
+        for name, cfg, opts, batch, L, rank in runs:
+            if rank is None:
+                m, path = T._export(Path(d), f"m{len(name)}", cfg, opts)
+            else:
+                from edgessm.compress import CompressSpec, compress_model
+                from edgessm.export import export_onnx
+
+                m = compress_model(T._model(**cfg), CompressSpec(rank=rank))[0].eval()
+                path = Path(d) / f"r{len(name)}.onnx"
+                export_onnx(m, path, verify=False, **opts)
             xs = T._inputs(m.config, batch, L)
             f, o = T._pair(path, batch)
             yf, yo = f.run(xs), o.run(xs)
