@@ -77,7 +77,8 @@ static inline v8 vsplat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
    W is stored in column panels of PW = 16: Wp[(p K + k) PW + j] = W[k, p PW + j], zero past M, and the bias
    is zero-padded to a whole panel, so every weight read is a sequential stream (fused.py packs them).
    Register tiles keep 8 accumulators in flight (an FMA's latency is ~4 cycles, 2 issue a cycle):
-   4 rows x 1 panel (each weight vector loaded once serves 4 rows), or 1 row x 4 panels. Every output is
+   8 rows x 1 panel in 16-lane registers where the CPU has AVX-512, 4 rows x 1 panel (each weight vector
+   loaded once serves 4 rows), or 1 row x 4 panels. Every output is
    bias + in[0] W[0] + in[1] W[1] + ... in this order in every path, so a row's result does not depend on
    the batch it is in or on the thread split. */
 #define PW 16
