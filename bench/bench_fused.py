@@ -15,10 +15,13 @@ Also the process CPU time per step: on shared cores a call that lasts millisecon
 
 --agreement: max relative difference of the fused engine vs onnxruntime and vs the float64 model
 (edgessm.export.verify.reference), and of onnxruntime vs the float64 model, for every export case of
-tests/test_fused.py (batch 3, 2,000 steps) and its two 10^5-step models (batch 2).
+tests/test_fused.py (batch 3, 2,000 steps) and its 10^5-step models (batch 2; S4D, DSS, and LRU / S5 at
+P = 6 and reduced by edgessm.compress.compress_model).
 
-Models: the 4 x 128 x 8 S4D of the latency issue (d_input 1, 10 classes, mean pooling, GLU, pre-LN)
-and the mnist1d shape 4 x 64 x 8 (the default ModelConfig at N = 8).
+Models (--models picks some by label prefix, e.g. --models lru,s5): the 4 x 128 x 8 S4D of the latency issue
+(d_input 1, 10 classes, mean pooling, GLU, pre-LN), the mnist1d shape 4 x 64 x 8 (the default ModelConfig at
+N = 8), and the MIMO blocks at H = 128: the CompreSSM LRU block (BatchNorm folded, tanh GELU, GLU) with P = 64
+(the Gemm update form, P <= H) and P = 256 (the elementwise update form), and S5 (pre-LN, GELU, GLU) with P = 32.
 """
 from __future__ import annotations
 
@@ -36,7 +39,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _export(H: int, n_layers: int, N: int, path: str) -> None:
+LRU_BLOCK = dict(layer="lru", norm="batch", activation="gelu_tanh")
+MODELS = [("4x128x8", dict(d_model=128, n_layers=4, d_state=8)),
+          ("mnist1d 4x64x8", dict(d_model=64, n_layers=4, d_state=8)),
+          ("lru 4x128 P=64", dict(d_model=128, n_layers=4, d_state=64, **LRU_BLOCK)),
+          ("lru 4x128 P=256", dict(d_model=128, n_layers=4, d_state=256, **LRU_BLOCK)),
+          ("s5 4x128 P=32", dict(d_model=128, n_layers=4, d_state=32, layer="s5"))]
+
+
+def _export(cfg_kw: dict, path: str) -> None:
     import torch
 
     import edgessm
@@ -44,7 +55,7 @@ def _export(H: int, n_layers: int, N: int, path: str) -> None:
     from edgessm.export import export_onnx
 
     torch.manual_seed(0)
-    model = edgessm.SSMModel(ModelConfig(d_input=1, d_output=10, d_model=H, n_layers=n_layers, d_state=N))
+    model = edgessm.SSMModel(ModelConfig(d_input=1, d_output=10, **cfg_kw)).eval()
     export_onnx(model, path, verify=False)
 
 
@@ -108,12 +119,25 @@ def agreement() -> None:
 
     print("| case | fused vs onnxruntime | fused vs float64 | onnxruntime vs float64 |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as d:
-        runs = [(n, c, o, 3, 2000) for n, (c, o) in {**T.CASES, **T.FP16_CASES}.items()]
+        runs = [(n, c, o, 3, 2000, None) for n, (c, o) in {**T.CASES, **T.FP16_CASES}.items()]
         runs += [(f"{layer} H=4 N={ranks}, 1e5 steps", dict(layer=layer, d_model=4, layer_d_state=ranks, d_input=1,
-                                                             d_output=2), {}, 2, 100_000)
+                                                             d_output=2), {}, 2, 100_000, None)
                  for layer, ranks in [("s4d", [8, 1]), ("dss", [2, 5])]]
-        for name, cfg, opts, batch, L in runs:
-            m, path = T._export(Path(d), f"m{len(name)}", cfg, opts)
+        # the MIMO 1e5-step cases of the test file: P = 6 > H (elementwise update) and reduced by compress_model
+        lru = dict(norm="batch", activation="gelu_tanh")
+        runs += [(f"{layer} H=4 P=6{f' reduced to {r}' if r else ''}, 1e5 steps",
+                  dict(layer=layer, d_model=4, d_state=6, d_input=1, d_output=2, **(lru if layer == "lru" else {})),
+                  {}, 2, 100_000, r) for layer, r in [("lru", None), ("lru", 2), ("s5", None), ("s5", 3)]]
+        for name, cfg, opts, batch, L, rank in runs:
+            if rank is None:
+                m, path = T._export(Path(d), f"m{len(name)}", cfg, opts)
+            else:
+                from edgessm.compress import CompressSpec, compress_model
+                from edgessm.export import export_onnx
+
+                m = compress_model(T._model(**cfg), CompressSpec(rank=rank))[0].eval()
+                path = Path(d) / f"r{len(name)}.onnx"
+                export_onnx(m, path, verify=False, **opts)
             xs = T._inputs(m.config, batch, L)
             f, o = T._pair(path, batch)
             yf, yo = f.run(xs), o.run(xs)
@@ -130,6 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="also time the fused engine with this many threads "
                     "(batch-parallel) where the batch gives each thread 16 rows; 1: single-thread only")
     ap.add_argument("--agreement", action="store_true", help="print the agreement table (no timing)")
+    ap.add_argument("--models", default=None, help="comma-separated label prefixes (default: all): "
+                    + ", ".join(label for label, _ in MODELS))
     ap.add_argument("--json", default=None, help="write the results here (e.g. docs/data/latency_fused.json)")
     args = ap.parse_args(argv)
     if args.agreement:
@@ -137,16 +163,17 @@ def main(argv=None) -> int:
         return 0
     import onnxruntime
 
-    models = [("4x128x8", 128, 4, 8), ("mnist1d 4x64x8", 64, 4, 8)]
+    pick = [p.strip() for p in args.models.split(",")] if args.models else None
+    models = [(label, kw) for label, kw in MODELS if pick is None or any(label.startswith(p) for p in pick)]
     batches = [int(b) for b in args.batches.split(",")]
     out = {"command": "OMP_NUM_THREADS=1 python bench/bench_fused.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "threads": 1, "rounds": args.rounds,
            "results": []}
     with tempfile.TemporaryDirectory() as d:
-        for label, H, nl, N in models:
-            path = os.path.join(d, f"m{H}.onnx")
-            _export(H, nl, N, path)
+        for k, (label, kw) in enumerate(models):
+            path = os.path.join(d, f"m{k}.onnx")
+            _export(kw, path)
             for b in batches:
                 n = max(100, int(args.n / np.sqrt(b)))
                 r = bench_one(path, b, args.rounds, n, args.threads)
@@ -161,7 +188,9 @@ def main(argv=None) -> int:
                       + "".join(f" | {k} {v:.1f} us" for k, v in m.items() if k.startswith("fused_"))
                       + f" | cpu us/step ort {r['cpu_us_per_step']['onnxruntime']:.1f} fused {r['cpu_us_per_step']['fused']:.1f}"
                       f" ({r['cpu_onnxruntime_over_fused']:.2f}x)", flush=True)
-    print(out["results"][0]["engine_note"])
+    for r in out["results"]:
+        if r["batch"] == batches[0]:
+            print(f"{r['model']}: {r['engine_note']}")
     if args.json:
         p = Path(args.json)
         tmp = p.with_suffix(".tmp")

@@ -1,6 +1,6 @@
 """The fused step engine: an edgessm step graph run as one C call per step, beside onnxruntime.
 
-Dimensions: B streams, L steps, H channels, N modes of a block, O = d_output.
+Dimensions: B streams, L steps, H channels, N modes of a SISO block, P modes of a MIMO block, O = d_output.
 
 Why an engine of the runtime's own and not an onnxruntime custom op: a custom op needs onnxruntime's
 C API headers at build time (the wheels do not ship them, and vendoring them is not allowed here),
@@ -12,9 +12,13 @@ Life of a fused session (``load_fused``):
 
 1. ``plan_from_onnx`` recognises the graph: the ``edgessm.*`` metadata and the node list by section
    (``encoder``, ``block.{i}``, ``block.{i}/ssm``, ``head``, ``pool``, the names export/graph.py gives),
-   both SSM forms (the CPU target's elementwise delta form and the GPU targets' Einsum matrices, whose
-   structure is checked to be the diagonal one), fp32 and fp16, every norm / activation / mixing /
-   pooling / encoder choice. Anything else (an unknown block, op or layout) is FusedUnavailable.
+   both SISO SSM forms of S4D / DSS (the CPU target's elementwise delta form and the GPU targets' Einsum
+   matrices, whose structure is checked to be the diagonal one), both MIMO update forms of LRU / S5 (one
+   Gemm over [X | z] when P <= H, whose state rows are checked to be the diagonal recurrence, or elementwise
+   on X plus a Gemm on z) with the readout Gemm over [X | z], fp32 and fp16, every norm (a BatchNorm is
+   already folded into the MIMO Gemms) / activation (exact and tanh GELU) / mixing / pooling / encoder /
+   decoder choice, with or without the residual. Anything else (an unknown block, op or layout) is
+   FusedUnavailable.
 2. ``load_library`` compiles csrc/edgessm_fused.c with the platform's C compiler (``$CC``, else cc /
    gcc), once: the shared object is cached under ``$XDG_CACHE_HOME/edgessm/fused`` (default
    ``~/.cache``), keyed by the source's hash, the compiler and the flags. No compiler: FusedUnavailable.
@@ -48,11 +52,12 @@ __all__ = ["FusedUnavailable", "FusedPlan", "plan_from_onnx", "load_library", "F
            "cache_dir", "SOURCE", "VERIFY_TOL"]
 
 SOURCE = Path(__file__).with_name("csrc") / "edgessm_fused.c"
-ESF_VERSION = 1
+ESF_VERSION = 2
 HDR, BLK = 16, 24                     # descriptor layout, as in the C source
 PW = 16                               # the C matmul's weight panel width
-KIND_SISO = 1
-ACTS = {"identity": 0, "relu": 1, "tanh": 2, "gelu": 3}
+KIND_SISO, KIND_MIMO = 1, 2
+ACTS = {"identity": 0, "relu": 1, "tanh": 2, "gelu": 3, "gelu_tanh": 4}
+GELU_TANH_CUBIC = 0.044715            # the constant that tells the tanh GELU's node pattern from a Tanh
 MIXES = {"none": 0, "linear": 1, "glu": 2}
 # Load-time check against onnxruntime over a few steps. fp32: the two engines round differently
 # (sum order, erf/exp implementations), ~1e-7..1e-6 relative after a few steps; a wrong weight or
@@ -75,21 +80,25 @@ class FusedPlan:
     desc: np.ndarray                 # int64 (HDR + BLK * n_blocks)
     weights: np.ndarray              # float32, every parameter (fp16 ones widened exactly)
     state_names: list[str]           # past_state names in C state-pointer order
+    state_shapes: list[tuple]        # their shapes without batch: SISO (H, 2N), MIMO (2P,), pool (O+1,)
     precision: str                   # "fp32" | "fp16"
     tokens: bool
     d_input: int
     d_output: int
     H: int
-    ranks: list[int]
+    ranks: list[int]                 # N of a SISO block, P of a MIMO block
+    kinds: list[str]                 # "siso" | "mimo" per block
     pooling: str                     # "mean" | "none" (last / none: no pooling state)
-    form: str                        # "elementwise" | "matrix" (the graph's SSM form)
+    form: str                        # the graph's SSM forms: elementwise | matrix | mimo-gemm | mimo-diag
     summary: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         b = self.summary
-        return (f"{len(self.ranks)} blocks x H={self.H}, N={self.ranks}, {self.precision}, {self.form} SSM, "
+        n = "P" if set(self.kinds) == {"mimo"} else "N" if set(self.kinds) == {"siso"} else "N/P"
+        return (f"{len(self.ranks)} blocks x H={self.H}, {n}={self.ranks}, {self.precision}, {self.form} SSM, "
                 f"norm={b.get('norm')}/{'pre' if b.get('prenorm') else 'post'}, act={b.get('activation')}, "
-                f"mixing={b.get('mixing')}, pooling={self.pooling}, {'tokens' if self.tokens else 'features'}")
+                f"mixing={b.get('mixing')}, residual={b.get('residual')}, encoder={b.get('encoder')}, "
+                f"decoder={b.get('decoder')}, pooling={self.pooling}, {'tokens' if self.tokens else 'features'}")
 
 
 class _Weights:
@@ -132,6 +141,10 @@ class _Graph:
         self.g = g
         self.inits = g.initializers
         self.producer = {o: n for n in g.nodes for o in n.outputs}
+        self.consumers: dict[str, list[Node]] = {}
+        for n in g.nodes:
+            for t in n.inputs:
+                self.consumers.setdefault(t, []).append(n)
         self.sections: dict[str, list[tuple[int, Node]]] = {}
         for k, n in enumerate(g.nodes):
             if n.domain not in ("", "ai.onnx"):
@@ -150,6 +163,16 @@ class _Graph:
 
     def nodes(self, section: str) -> list[tuple[int, Node]]:
         return self.sections.get(section, [])
+
+    def outflow(self, sections: set) -> set:
+        """Tensors made in ``sections`` that a node elsewhere (or the graph's output list) reads."""
+        out = set()
+        for sec in sections:
+            for _, n in self.nodes(sec):
+                for t in n.outputs:
+                    if t in self.g.outputs or any(_section(c) not in sections for c in self.consumers.get(t, [])):
+                        out.add(t)
+        return out
 
 
 def _only(ops: set, allowed: set, where: str) -> None:
@@ -239,6 +262,79 @@ def _ssm_matrix(G: _Graph, nodes: list[Node], i: int, H: int, N: int) -> dict:
             "Cc": R, "D": None, "readout": 1}
 
 
+def _rotation(Mx: np.ndarray, P: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(ar, ai) if Mx r(2P 2P) acting on [Re x | Im x] is exactly the per-mode complex multiply by ar + i ai."""
+    n = np.arange(P)
+    ar, ai = Mx[n, n], Mx[n, P + n]
+    rebuilt = np.zeros_like(Mx)
+    rebuilt[n, n] = rebuilt[P + n, P + n] = ar
+    rebuilt[n, P + n] = ai
+    rebuilt[P + n, n] = -ai
+    return (ar, ai) if np.array_equal(rebuilt, Mx) else None
+
+
+def _ssm_mimo(G: _Graph, nodes: list[Node], i: int, H: int) -> dict:
+    """An LRU / S5 block (export/graph.py's MIMO step): y = [X | z] R + by from the old state; the update either
+    one Gemm over [X | z] ("mimo-gemm", whose X part must be the diagonal recurrence) or Ac X + As swap(X) + the
+    Gemm z Bm + bd ("mimo-diag"). Both run as the latter."""
+    past, present, where = f"past_state.{i}", f"present_state.{i}", f"block {i} SSM"
+    _only({n.op for n in nodes}, {"Concat", "Gemm", "Add", "Split", "Mul", "Sum", "Cast"}, where)
+    cats = [n for n in nodes if n.op == "Concat" and n.inputs[:1] == [past] and len(n.inputs) == 2]
+    if len(cats) != 1 or cats[0].attrs.get("axis") not in (1, -1):
+        raise FusedUnavailable(f"{where}: expected one Concat([past_state.{i}, z], axis=1)")
+    xu, z = cats[0].outputs[0], cats[0].inputs[1]
+    upd = [n for n in nodes if n.op == "Add" and n.outputs[0] == present]
+    if len(upd) != 1 or upd[0].inputs.count(past) != 1:
+        raise FusedUnavailable(f"{where}: the state update is not the delta form past + delta")
+    dn = G.producer.get([t for t in upd[0].inputs if t != past][0])
+    reads = [n for n in nodes if n.op == "Gemm" and n.inputs[0] == xu and n is not dn]
+    if dn is None or len(reads) != 1:
+        raise FusedUnavailable(f"{where}: expected one readout Gemm over [past_state.{i}, z]")
+    R0 = G.init(reads[0].inputs[1], None, where)
+    if R0.ndim != 2 or R0.shape[1] != H or R0.shape[0] <= H or (R0.shape[0] - H) % 2:
+        raise FusedUnavailable(f"{where}: readout weight of shape {R0.shape} is not (2P+H, H) with H={H}")
+    P = (R0.shape[0] - H) // 2
+    R, by = _gemm(G, reads[0], 2 * P + H, H, where)
+    if dn.op == "Gemm" and dn.inputs[0] == xu:
+        M, bd = _gemm(G, dn, 2 * P + H, 2 * P, where)
+        rot = _rotation(M[:2 * P].astype(np.float64), P)
+        if rot is None:  # a coupled (non-diagonal) update is another block kind
+            raise FusedUnavailable(f"{where}: the update Gemm's state rows are not a diagonal (per-mode) recurrence")
+        ar, ai = rot
+        Ac, As, Bm, form = np.concatenate([ar, ar]), np.concatenate([-ai, ai]), M[2 * P:], "mimo-gemm"
+    elif dn.op == "Sum" and len(dn.inputs) == 3:
+        parts = [G.producer.get(t) for t in dn.inputs]
+        if any(p is None for p in parts):
+            raise FusedUnavailable(f"{where}: the update Sum reads a graph input")
+        gm = [p for p in parts if p.op == "Gemm"]
+        muls = [p for p in parts if p.op == "Mul"]
+        if len(gm) != 1 or len(muls) != 2 or gm[0].inputs[0] != z:
+            raise FusedUnavailable(f"{where}: the update is not Ac X + As swap(X) + Gemm(z)")
+        Bm, bd = _gemm(G, gm[0], H, 2 * P, where)
+        Ac = As = None
+        for mul in muls:
+            c = [t for t in mul.inputs if t in G.inits]
+            x = [t for t in mul.inputs if t not in G.inits]
+            if len(c) != 1 or len(x) != 1:
+                raise FusedUnavailable(f"{where}: Mul {mul.name!r} is not tensor x constant")
+            if x[0] == past:
+                Ac = G.init(c[0], (2 * P,), where)
+                continue
+            sw = G.producer.get(x[0])
+            sp = G.producer.get(sw.inputs[0]) if sw is not None and sw.op == "Concat" and len(sw.inputs) == 2 else None
+            if (sp is None or sp.op != "Split" or sp.inputs[0] != past or sw.inputs != sp.outputs[::-1]
+                    or sp.attrs.get("axis") not in (1, -1) or len(sp.inputs) != 2
+                    or not np.array_equal(G.inits.get(sp.inputs[1], np.zeros(0)), [P, P])):
+                raise FusedUnavailable(f"{where}: the second update term is not As * [Im x | Re x]")
+            As = G.init(c[0], (2 * P,), where)
+        if Ac is None or As is None:
+            raise FusedUnavailable(f"{where}: found {'Ac' if Ac is not None else 'As'} but not both of Ac, As")
+        form = "mimo-diag"
+    else:
+        raise FusedUnavailable(f"{where}: the update is neither one Gemm over [X | z] nor the elementwise form")
+    return {"P": P, "Ac": Ac, "As": As, "Bm": Bm, "bd": bd, "R": R, "by": by, "form": form}
+
+
 def plan_from_onnx(data: bytes) -> FusedPlan:
     """Recognise an edgessm step graph (module docstring, step 1); FusedUnavailable if anything is off."""
     try:
@@ -279,7 +375,14 @@ def _plan(g: OnnxGraph) -> FusedPlan:
 
     # ---- encoder
     enc = [n for _, n in G.nodes("encoder") if n.op != "Cast"]
-    if len(enc) == 1 and enc[0].op == "Gather":
+    enc_kind = "linear"
+    if not enc:  # config.encoder='none': x (B H) feeds the first block (through a Cast when fp16)
+        xs = g.shapes.get("x")
+        if xs is None or len(xs) != 2 or not isinstance(xs[1], int) or xs[1] < 1:
+            raise FusedUnavailable(f"encoder: none, and the input x has shape {xs}, not (batch, H)")
+        H = d_in = xs[1]
+        tokens, V, enc_kind = False, 0, "none"
+    elif len(enc) == 1 and enc[0].op == "Gather":
         E = G.init(enc[0].inputs[0], None, "embedding")
         if E.ndim != 2 or enc[0].inputs[1] != "x" or enc[0].attrs.get("axis", 0) != 0:
             raise FusedUnavailable("encoder: Gather is not E[x]")
@@ -296,12 +399,20 @@ def _plan(g: OnnxGraph) -> FusedPlan:
         desc[7], desc[8] = W.matrix(Wm), W.bias(b)
     else:
         raise FusedUnavailable(f"encoder: {[n.op for n in enc]} is neither Gemm nor Gather")
-    precision = "fp16" if G.inits[enc[0].inputs[0 if tokens else 1]].dtype == np.float16 else "fp32"
+    precision = "fp16" if any(a.dtype == np.float16 for a in G.inits.values()) else "fp32"
     if meta.get("edgessm.precision", precision) != precision:
         raise FusedUnavailable(f"weights are {precision} but the metadata says {meta.get('edgessm.precision')}")
 
     # ---- blocks
-    ranks, forms, summary = [], set(), {"norm": None, "prenorm": None, "activation": None, "mixing": None}
+    ranks, kinds, shapes, forms = [], [], [], set()
+    summary = {"norm": None, "prenorm": None, "activation": None, "mixing": None, "residual": None,
+               "encoder": enc_kind, "decoder": None}
+    h_in = "x"                                     # the tensor entering the next block
+    if G.nodes("encoder"):
+        flow = G.outflow({"encoder"})
+        if len(flow) != 1:
+            raise FusedUnavailable(f"encoder: {len(flow)} tensors leave it, expected one")
+        h_in = flow.pop()
     for i in range(nb):
         bn = G.nodes(f"block.{i}")
         sn = [n for _, n in G.nodes(f"block.{i}/ssm")]
@@ -311,14 +422,24 @@ def _plan(g: OnnxGraph) -> FusedPlan:
         first_ssm = G.nodes(f"block.{i}/ssm")[0][0]
         _only({n.op for _, n in bn}, {"LayerNormalization", "Gelu", "Erf", "Div", "Add", "Mul", "Relu", "Tanh",
                                       "Gemm", "Split", "Sigmoid", "Cast"}, where)
-        # the state shape fixes N: (H, 2N)
         Ns = {n.op for n in sn}
-        tmpl = "elementwise" if "MatMul" in Ns else "matrix" if "Einsum" in Ns else None
+        tmpl = ("elementwise" if "MatMul" in Ns else "matrix" if "Einsum" in Ns else "mimo" if "Gemm" in Ns
+                else None)
         if tmpl is None:
             raise FusedUnavailable(f"{where}: SSM ops {sorted(Ns)} are not a known block")
-        N = _block_modes(G, sn, i, H, tmpl)
-        ssm = (_ssm_elementwise if tmpl == "elementwise" else _ssm_matrix)(G, sn, i, H, N)
-        forms.add(tmpl)
+        if tmpl == "mimo":
+            ssm = _ssm_mimo(G, sn, i, H)
+            N = ssm["P"]
+            forms.add(ssm["form"])
+        else:  # the state shape fixes N: (H, 2N)
+            N = _block_modes(G, sn, i, H, tmpl)
+            ssm = (_ssm_elementwise if tmpl == "elementwise" else _ssm_matrix)(G, sn, i, H, N)
+            forms.add(tmpl)
+        flow = G.outflow({f"block.{i}", f"block.{i}/ssm"}) - {f"present_state.{i}"}
+        if len(flow) != 1:
+            raise FusedUnavailable(f"{where}: {len(flow)} tensors leave the block, expected one")
+        residual = any(n.op == "Add" and h_in in n.inputs for _, n in bn)  # h + block(h)
+        h_in = flow.pop()
         lns = [(k, n) for k, n in bn if n.op == "LayerNormalization"]
         if len(lns) > 1:
             raise FusedUnavailable(f"{where}: {len(lns)} LayerNormalizations")
@@ -327,12 +448,22 @@ def _plan(g: OnnxGraph) -> FusedPlan:
             prenorm = bool(cfg.get("prenorm", True))
         ops = [n.op for _, n in bn]
         acts = {"Gelu", "Erf", "Relu", "Tanh"} & set(ops)
+        # the tanh GELU below opset 20: Tanh(sqrt(2/pi) (x + 0.044715 x^3)) in Muls and Adds (export/graph.py)
+        cubic = any(n.op == "Mul" and any(t in G.inits and G.inits[t].size == 1
+                                          and abs(float(G.inits[t].ravel()[0]) - GELU_TANH_CUBIC) < 1e-4
+                                          for t in n.inputs) for _, n in bn)
         if len(acts) > 1:
             raise FusedUnavailable(f"{where}: several activations {sorted(acts)}")
         act = {"Gelu": "gelu", "Erf": "gelu", "Relu": "relu", "Tanh": "tanh"}[acts.pop()] if acts else "identity"
+        if act == "tanh" and cubic:
+            act = "gelu_tanh"
         for _, n in bn:
-            if n.op == "Gelu" and n.attrs.get("approximate", b"none") not in (b"none", "none"):
-                raise FusedUnavailable(f"{where}: Gelu(approximate={n.attrs['approximate']!r})")
+            if n.op == "Gelu":
+                approx = n.attrs.get("approximate", b"none")
+                approx = approx.decode() if isinstance(approx, bytes) else str(approx)
+                if approx not in ("none", "tanh"):
+                    raise FusedUnavailable(f"{where}: Gelu(approximate={approx!r})")
+                act = "gelu_tanh" if approx == "tanh" else "gelu"
         gemms = [n for _, n in bn if n.op == "Gemm"]
         sig = [n for _, n in bn if n.op == "Sigmoid"]
         if not gemms:
@@ -351,40 +482,59 @@ def _plan(g: OnnxGraph) -> FusedPlan:
         else:
             raise FusedUnavailable(f"{where}: mixing of {len(gemms)} Gemms and {len(sig)} Sigmoids")
         norm = "layer" if lns else "none"
-        for key, got in (("prenorm", prenorm), ("activation", act), ("mixing", mixing), ("norm", norm)):
+        if tmpl == "mimo" and not lns and cfg.get("norm") == "batch" and prenorm:
+            norm = "batch"  # folded into Bm, bd, R, by by the exporter: nothing left in the graph to see
+        for key, got in (("prenorm", prenorm), ("activation", act), ("mixing", mixing), ("norm", norm),
+                         ("residual", residual)):
             if key in cfg and not (key == "prenorm" and not lns):  # without a norm pre/post is moot
                 if cfg[key] != got:
                     raise FusedUnavailable(f"{where}: graph has {key}={got!r}, config says {cfg[key]!r}")
             summary[key] = got
         d = desc[HDR + BLK * i: HDR + BLK * (i + 1)]
         d[:] = -1
-        d[0], d[1], d[2], d[3] = KIND_SISO, N, i, int(prenorm)
+        d[0], d[1], d[2], d[3] = KIND_MIMO if tmpl == "mimo" else KIND_SISO, N, i, int(prenorm)
+        d[17] = int(residual)
         if lns:
             gam, bet, eps = _layernorm(G, lns[0][1], H, where)
             d[4], d[5], d[6] = W.add(gam), W.add(bet), W.add([eps])
         d[7], d[8] = ACTS[act], MIXES[mixing]
         if Wm is not None:
             d[9], d[10] = W.matrix(Wm), W.bias(bm)
-        d[11] = ssm["readout"]
-        d[12], d[13], d[14], d[15] = W.add(ssm["Ac"]), W.add(ssm["As"]), W.add(ssm["Bc"]), W.add(ssm["Cc"])
-        d[16] = W.add(ssm["D"]) if ssm["D"] is not None else -1
+        if tmpl == "mimo":
+            d[12], d[13], d[14], d[15] = W.add(ssm["Ac"]), W.add(ssm["As"]), W.matrix(ssm["Bm"]), W.matrix(ssm["R"])
+            d[18], d[19] = W.bias(ssm["bd"]), W.bias(ssm["by"])
+            shapes.append((2 * N,))
+        else:
+            d[11] = ssm["readout"]
+            d[12], d[13], d[14], d[15] = W.add(ssm["Ac"]), W.add(ssm["As"]), W.add(ssm["Bc"]), W.add(ssm["Cc"])
+            d[16] = W.add(ssm["D"]) if ssm["D"] is not None else -1
+            shapes.append((H, 2 * N))
         ranks.append(N)
+        kinds.append("mimo" if tmpl == "mimo" else "siso")
 
     # ---- head and pooling
-    head = [n for _, n in G.nodes("head") if n.op != "Cast"]
+    head = [n for _, n in G.nodes("head") if n.op not in ("Cast", "Identity")]  # Identity: decoder 'none' -> y
     lnf = [n for n in head if n.op == "LayerNormalization"]
     dec = [n for n in head if n.op == "Gemm"]
-    if len(dec) != 1 or len(lnf) > 1 or len(head) != len(dec) + len(lnf):
-        raise FusedUnavailable(f"head: {[n.op for n in head]} is not [LayerNormalization] Gemm")
-    Wd = G.inits.get(dec[0].inputs[1])
-    if Wd is None or Wd.ndim != 2 or Wd.shape[0] != H:
-        raise FusedUnavailable("head: decoder weight is not an (H, O) initializer")
-    O = Wd.shape[1]
-    Wd, bd = _gemm(G, dec[0], H, O, "head")
+    if len(dec) > 1 or len(lnf) > 1 or len(head) != len(dec) + len(lnf):
+        raise FusedUnavailable(f"head: {[n.op for n in head]} is not [LayerNormalization] [Gemm]")
+    if any(n.op == "Identity" and len(n.inputs) != 1 for _, n in G.nodes("head")):
+        raise FusedUnavailable("head: an Identity with several inputs")
+    if dec:
+        Wd = G.inits.get(dec[0].inputs[1])
+        if Wd is None or Wd.ndim != 2 or Wd.shape[0] != H:
+            raise FusedUnavailable("head: decoder weight is not an (H, O) initializer")
+        O = Wd.shape[1]
+        Wd, bd = _gemm(G, dec[0], H, O, "head")
+        desc[12], desc[13] = W.matrix(Wd), W.bias(bd)
+    else:  # config.decoder='none': y is the last block's H channels
+        O = H
+    summary["decoder"] = "linear" if dec else "none"
+    if g.shapes.get("y", (None, O))[1:] != (O,):
+        raise FusedUnavailable(f"head: output y has shape {g.shapes.get('y')}, the weights give (batch, {O})")
     if lnf:
         gam, bet, eps = _layernorm(G, lnf[0], H, "final norm")
         desc[9], desc[10], desc[11] = W.add(gam), W.add(bet), W.add([eps])
-    desc[12], desc[13] = W.matrix(Wd), W.bias(bd)
     pool_ops = {n.op for _, n in G.nodes("pool")}
     if pooled:
         _only(pool_ops, {"Split", "Add", "Sub", "Div", "Concat"}, "pool")
@@ -399,8 +549,9 @@ def _plan(g: OnnxGraph) -> FusedPlan:
     desc[:HDR] = [ESF_VERSION, d_in, V, H, O, nb, int(pooled), desc[7], desc[8], desc[9], desc[10], desc[11],
                   desc[12], desc[13], nb if pooled else -1, int(precision == "fp16")]
     names = [f"past_state.{i}" for i in range(nb)] + (["past_state.pool"] if pooled else [])
-    return FusedPlan(desc=desc, weights=W.array(), state_names=names, precision=precision, tokens=tokens,
-                     d_input=d_in, d_output=O, H=H, ranks=ranks, pooling=pooling,
+    shapes += [(O + 1,)] if pooled else []
+    return FusedPlan(desc=desc, weights=W.array(), state_names=names, state_shapes=shapes, precision=precision,
+                     tokens=tokens, d_input=d_in, d_output=O, H=H, ranks=ranks, kinds=kinds, pooling=pooling,
                      form="+".join(sorted(forms)), summary=summary)
 
 
@@ -556,8 +707,7 @@ class FusedEngine:
         rc = lib.esf_check(plan.desc.ctypes.data, plan.desc.size)
         if rc != 0:
             raise FusedUnavailable(f"the C engine refuses the descriptor (code {rc}): a block kind it does not have")
-        for name, n in zip(plan.state_names, [*plan.ranks, None]):
-            want = (plan.d_output + 1,) if n is None else (plan.H, 2 * n)
+        for name, want in zip(plan.state_names, plan.state_shapes):
             if tuple(state_shapes.get(name, ())) != want:
                 raise FusedUnavailable(f"state {name} has shape {state_shapes.get(name)}, the graph's weights need {want}")
         if set(state_shapes) != set(plan.state_names):

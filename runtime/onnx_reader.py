@@ -5,7 +5,8 @@ initializers, so the fused engine reads them from the file itself. Only what an 
 uses is decoded (onnx/onnx.proto3 field numbers):
 
     ModelProto   7 graph, 14 metadata_props {1 key, 2 value}
-    GraphProto   1 node, 5 initializer, 11 input, 12 output (ValueInfoProto 1 name)
+    GraphProto   1 node, 5 initializer, 11 input, 12 output (ValueInfoProto 1 name, 2 type)
+    TypeProto    1 tensor_type {2 shape {1 dim {1 dim_value, 2 dim_param}}}
     NodeProto    1 input, 2 output, 3 name, 4 op_type, 5 attribute, 7 domain
     Attribute    1 name, 2 f (float), 3 i (int), 4 s (bytes), 20 type
     TensorProto  1 dims, 2 data_type, 4 float_data, 5 int32_data (also float16 bit patterns),
@@ -50,6 +51,7 @@ class OnnxGraph:
     inputs: list[str]
     outputs: list[str]
     metadata: dict[str, str]
+    shapes: dict[str, tuple] = field(default_factory=dict)  # input/output -> dims (int, or str for a dim_param)
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -194,6 +196,26 @@ def _tensor(buf: memoryview) -> tuple[str, np.ndarray]:
     return name, arr.astype(dt.newbyteorder("="), copy=False).reshape(dims)
 
 
+def _value_dims(buf: memoryview):
+    """A TypeProto's tensor dims as a tuple (int dim_value, str dim_param, None unknown); None if not a tensor."""
+    for num, wt, v in _fields(buf):
+        if num == 1 and wt == 2:  # tensor_type
+            dims: list = []
+            for n2, wt2, v2 in _fields(v):
+                if n2 == 2 and wt2 == 2:  # shape
+                    for n3, wt3, v3 in _fields(v2):
+                        if n3 == 1 and wt3 == 2:  # dim
+                            d = None
+                            for n4, wt4, v4 in _fields(v3):
+                                if n4 == 1 and wt4 == 0:
+                                    d = v4
+                                elif n4 == 2 and wt4 == 2:
+                                    d = _str(v4)
+                            dims.append(d)
+            return tuple(dims)
+    return None
+
+
 def read_onnx(data: bytes) -> OnnxGraph:
     """Decode the parts of a ModelProto an edgessm step graph uses (module docstring)."""
     buf = memoryview(data)
@@ -221,6 +243,13 @@ def read_onnx(data: bytes) -> OnnxGraph:
             k, arr = _tensor(v)
             g.initializers[k] = arr
         elif num in (11, 12):
-            name = next((_str(v2) for n2, _, v2 in _fields(v) if n2 == 1), "")
+            name, dims = "", None
+            for n2, wt2, v2 in _fields(v):
+                if n2 == 1:
+                    name = _str(v2)
+                elif n2 == 2 and wt2 == 2:
+                    dims = _value_dims(v2)
             (g.inputs if num == 11 else g.outputs).append(name)
+            if dims is not None:
+                g.shapes[name] = dims
     return g

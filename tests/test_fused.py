@@ -5,6 +5,8 @@ Bars, with the reason next to each (relative = max |a - b| / max |b| over all st
   order of sums and in erf/exp implementations (~1e-7 each), which the stable recurrence does not grow.
 - FUSED_VS_F64 = 1e-5 (fp32): the issue's bar; float32 rounding of the delta-form state over these
   lengths measures ~1e-6 (onnxruntime's own graph is within the same distance).
+- The 1e5-step MIMO runs (LRU with |lambda| up to 0.999) keep the same 1e-5 bars: measured 1.7e-6 (y) and
+  5.8e-6 (state) relative against float64, the float32 limit of a slow mode's delta-form state.
 - FP16_VS_ORT = 2e-2: the same float16 weights, but onnxruntime rounds some node outputs to float16
   (11 bits, ~5e-4 a rounding) where the fused engine keeps float32 activations (export's fp16 bar).
 """
@@ -49,16 +51,41 @@ CASES = {
     "per-layer-ranks-odd-H": (dict(d_model=20, n_layers=3, layer_d_state=[1, 3, 9]), {}),
     "cuda-target-matrix-form": (dict(prenorm=False), dict(target="cuda")),
     "opset20-gelu-op": ({}, dict(opset=20)),
+    # LRU / S5 (MIMO blocks): the Gemm update form (P <= H) and the elementwise one (P > H), the folded
+    # BatchNorm, the tanh GELU in both its node pattern and the opset-20 Gelu op
+    "lru-batchnorm-gelu-tanh-gemm-form": (dict(layer="lru", norm="batch", activation="gelu_tanh"), {}),
+    "lru-diag-form-P-over-H": (dict(layer="lru", norm="batch", activation="gelu_tanh", d_state=12), {}),
+    "s5-postnorm-linear-mixing": (dict(layer="s5", prenorm=False, mixing="linear"), {}),
+    "s5-diag-form-opset20-gelu-tanh": (dict(layer="s5", d_state=10, activation="gelu_tanh"), dict(opset=20)),
+    "s5-tokens-no-mixing-cuda-target": (dict(layer="s5", vocab_size=11, mixing="none", activation="relu"),
+                                        dict(target="cuda")),
+    # imported single layers and s4's example.py models: no encoder / decoder / residual / final norm
+    "bare-s4d-block": (dict(encoder="none", decoder="none", residual=False, d_input=8, d_output=8,
+                            pooling="none"), {}),
+    "bare-lru-no-residual": (dict(layer="lru", norm="batch", activation="gelu_tanh", encoder="none", d_input=8,
+                                  residual=False, pooling="last"), {}),
+    "no-final-norm-decoder-none": (dict(final_norm=False, decoder="none", d_output=8), {}),
 }
 FP16_CASES = {
     "fp16-cpu": ({}, dict(fp16=True)),
     "fp16-tensorrt-tokens": (dict(vocab_size=7, mixing="linear"), dict(fp16=True, target="tensorrt", opset=20)),
+    "fp16-lru-diag-form": (dict(layer="lru", norm="batch", activation="gelu_tanh", d_state=12), dict(fp16=True)),
+    "fp16-s5-bare": (dict(layer="s5", encoder="none", decoder="none", residual=False, d_input=8, d_output=8),
+                     dict(fp16=True)),
 }
 
 
 def _model(seed=0, **kw) -> SSMModel:
     torch.manual_seed(seed)
-    return SSMModel(ModelConfig(**{**SMALL, **kw})).eval()
+    m = SSMModel(ModelConfig(**{**SMALL, **kw}))
+    if m.config.norm == "batch":  # BatchNorm running statistics away from (0, 1), so the exporter's fold matters
+        with torch.no_grad():
+            m.train()
+            for _ in range(3):
+                x = (torch.randint(0, m.config.vocab_size, (8, 30)) if m.config.vocab_size
+                     else 2.0 * torch.randn(8, 30, m.config.d_input) + 1.0)
+                m(x)
+    return m.eval()
 
 
 def _inputs(cfg, batch, steps, seed=1):
@@ -156,8 +183,42 @@ def test_hundred_thousand_steps(tmp_path, layer, ranks):
     assert _rel(yf[:, :n], o.run(xs[:, :n])) < FUSED_VS_ORT
 
 
-def test_state_contract_matches_onnxruntime(tmp_path):
-    m, path = _export(tmp_path, "st", {}, {})
+@pytest.mark.parametrize("layer,P,rank", [
+    ("lru", 6, 2),                                          # P > H: the elementwise update; rank 2: the Gemm one
+    pytest.param("s5", 6, 3, marks=pytest.mark.slow),
+])
+@pytest.mark.parametrize("which", ["reduced", pytest.param("full", marks=pytest.mark.slow)])
+def test_hundred_thousand_steps_mimo(tmp_path, layer, P, rank, which):
+    """LRU / S5 at the trained rank and reduced by edgessm.compress.compress_model: 1e5 steps in one C call
+    against the float64 oracle (output and both layers' states), onnxruntime over the first 2e4."""
+    from edgessm.compress import CompressSpec, compress_model
+
+    kw = dict(norm="batch", activation="gelu_tanh") if layer == "lru" else {}
+    m = _model(layer=layer, d_model=4, d_state=P, d_input=1, d_output=2, **kw)
+    if which == "reduced":
+        m, _ = compress_model(m, CompressSpec(rank=rank))
+        m = m.eval()
+        assert [b.ssm.N for b in m.blocks] == [rank, rank]
+    path = tmp_path / "m.onnx"
+    export_onnx(m, path, verify=False)
+    L = 100_000
+    xs = _inputs(m.config, 2, L)
+    f, o = _pair(path, 2)
+    assert f.engine_note.count("mimo") == 1 and (f"P=[{rank}, {rank}]" if which == "reduced" else f"P=[{P}, {P}]") \
+        in f.engine_note
+    yf = f.run(xs)
+    ref = reference(m, xs)
+    assert _rel(yf, ref["y@float64"]) < FUSED_VS_F64
+    for i in range(2):
+        assert f.get_state()[f"past_state.{i}"].shape == (2, 2 * m.blocks[i].ssm.N)
+        assert _rel(f.get_state()[f"past_state.{i}"], ref[f"present_state.{i}"]) < FUSED_VS_F64
+    n = 20_000
+    assert _rel(yf[:, :n], o.run(xs[:, :n])) < FUSED_VS_ORT
+
+
+@pytest.mark.parametrize("cfg_kw", [{}, dict(layer="lru", norm="batch", activation="gelu_tanh")], ids=["s4d", "lru"])
+def test_state_contract_matches_onnxruntime(tmp_path, cfg_kw):
+    m, path = _export(tmp_path, "st", cfg_kw, {})
     xs = _inputs(m.config, 4, 60)
     f, o = _pair(path, 4)
     f.run(xs[:, :20]), o.run(xs[:, :20])
@@ -169,6 +230,7 @@ def test_state_contract_matches_onnxruntime(tmp_path):
     np.testing.assert_array_equal(f.get_state([3, 1])["past_state.0"], st["past_state.0"])
     f.reset([0]), o.reset([0])
     assert np.all(f.get_state([0])["past_state.1"] == 0) and list(f.steps) == [0, 20, 20, 20]
+    assert f.get_state()["past_state.1"].shape == o.get_state()["past_state.1"].shape
     assert _rel(f.run(xs[:, 20:]), o.run(xs[:, 20:])) < FUSED_VS_ORT
     for k, v in o.get_state().items():
         assert _rel(f.get_state()[k], v) < FUSED_VS_ORT
@@ -180,8 +242,9 @@ def test_state_contract_matches_onnxruntime(tmp_path):
     assert all(np.all(v == 0) for v in f.get_state().values())
 
 
-def test_deterministic_across_runs_and_thread_counts(tmp_path):
-    m, path = _export(tmp_path, "det", {}, {})
+@pytest.mark.parametrize("cfg_kw", [{}, dict(layer="s5", d_state=10)], ids=["s4d", "s5"])
+def test_deterministic_across_runs_and_thread_counts(tmp_path, cfg_kw):
+    m, path = _export(tmp_path, "det", cfg_kw, {})
     xs = _inputs(m.config, 40, 30)                           # 40 rows: 2 threads get whole tiles each
     a = StreamingSession(path, provider="cpu", batch=40, engine="fused").run(xs)
     b = StreamingSession(path, provider="cpu", batch=40, engine="fused").run(xs)
@@ -233,6 +296,29 @@ def test_unknown_graph_falls_back_with_the_reason(tmp_path):
         StreamingSession(path, provider="cpu", engine="fused")
 
 
+def test_coupled_mimo_update_falls_back_with_the_reason(tmp_path):
+    """An LRU graph whose update Gemm couples two modes (not what the exporter writes, so not a block kind this
+    engine has) runs on onnxruntime, and the session says why."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, path = _export(tmp_path, "coupled", dict(layer="lru", norm="batch", activation="gelu_tanh"), {})
+    m = onnx.load(path)
+    for init in m.graph.initializer:
+        if init.name.startswith("block.0/ssm/M"):
+            M = numpy_helper.to_array(init).copy()
+            M[0, 1] = 0.01                                  # Re x_0 feeds the update of mode 1
+            init.CopyFrom(numpy_helper.from_array(M, init.name))
+    bad = tmp_path / "coupled2.onnx"
+    onnx.save(m, bad)
+    with pytest.raises(FusedUnavailable, match="not a diagonal"):
+        plan_from_onnx(bad.read_bytes())
+    s = StreamingSession(bad, provider="cpu", batch=2)
+    assert s.engine == "onnxruntime" and "not a diagonal (per-mode) recurrence" in s.engine_note
+    xs = _inputs(ModelConfig(**{**SMALL, "layer": "lru"}), 2, 10)
+    assert s.run(xs).shape == (2, 10, SMALL["d_output"])
+
+
 def test_verification_rejects_an_engine_that_disagrees(tmp_path):
     _, path = _export(tmp_path, "bad", {}, {})
     data = path.read_bytes()
@@ -279,7 +365,7 @@ def test_damaged_cache_entry_is_rebuilt_and_unwritable_cache_still_builds(tmp_pa
     (tmp_path / "cache2").symlink_to(tmp_path / "cache")      # the same folder under a new name: a new
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))  # look-up, as a new process would do
     lib, how = load_library()
-    assert "built" in how and lib.esf_version() == 1 and so.read_bytes()[:4] == b"\x7fELF"
+    assert "built" in how and lib.esf_version() == 2 and so.read_bytes()[:4] == b"\x7fELF"
     if os.geteuid() != 0:  # root writes anywhere: the read-only case cannot be made here
         ro = tmp_path / "ro"
         ro.mkdir()

@@ -7,23 +7,26 @@
    Dimensions: B streams (rows), H channels, N modes of a block, O = d_output, K/M a matmul's in/out.
 
    One step, per row (export/graph.py writes the same network as ONNX nodes):
-       h = x W_enc + b_enc | E[x]                                            r(H)
+       h = x W_enc + b_enc | E[x] | x (encoder 'none')                       r(H)
        per block:  z = LN(h) if prenorm else h
-                   SISO diagonal SSM, delta form, on the state X r(H 2N) = [Re x | Im x]:
+                   SISO diagonal SSM (S4D, DSS), delta form, on the state X r(H 2N) = [Re x | Im x]:
                      X' = X + (Ac * X + As * swap(X) + Bc * z)    (swap(X) = [Im x | Re x])
                      y  = sum_j Cc_j X'_j + D z         (readout 0: from the updated state)
                      y  = sum_j R_j X_j + R_2N z        (readout 1: from the old state, the "matrix" form)
+                   or MIMO diagonal SSM (LRU, S5: one state X r(2P) = [Re x | Im x] shared by the H channels,
+                   Orvieto et al. 2023, Smith et al. 2023; any prenorm BatchNorm is folded into Bm, bd, R, by):
+                     y  = [X | z] R + by                 (from the old state; R r(2P+H H))
+                     X' = X + (Ac * X + As * swap(X) + (z Bm + bd))     (Bm r(H 2P))
                    a = act(y);  m = mix(a) (glu: (a Wa + ba) * sigmoid(a Wg + bg), W = [Wa | Wg]);
-                   h = h + m;  h = LN(h) if postnorm
-       v = LN_f(h) W_dec + b_dec;  mean pooling: m' = m + (v - m) / (c + 1), pool = [m' | c + 1]
+                   h = h + m (residual; else h = m);  h = LN(h) if postnorm
+       v = LN_f(h) W_dec + b_dec (decoder 'none': v = LN_f(h));  mean pooling: m' = m + (v - m) / (c + 1), pool = [m' | c + 1]
    fp16 graphs: the file's float16 weights widened exactly, float32 activations - as onnxruntime's CPU provider
    runs them (it computes float16 nodes it has no kernel for in float32 and drops the casts between them);
    rounding every node output to float16 instead was measured further from both onnxruntime and the
    float64 model (docs/latency.md).
 
    The model is a flat int64 descriptor plus one float32 weight array (offsets into it); a block starts
-   with its kind, so another block type (a MIMO LRU/S5 block: a shared complex state of P modes with dense
-   B (P H) and C (H P)) is a new kind and a new case in run_block, and an unknown kind is refused at load.
+   with its kind (SISO or MIMO), and an unknown kind is refused at load.
    Rows are independent: a step is computed in tiles of TILE rows (the matmul reuses each weight row across
    the tile), tiles are split over threads; every row's arithmetic is the same whatever the split, so
    results are identical run to run and for any thread count.
@@ -34,22 +37,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ESF_VERSION 1
+#define ESF_VERSION 2
 #define TILE 16           /* rows per tile: the step's weights are read from L2 once per tile */
 #define HDR 16            /* descriptor header fields */
 #define BLK 24            /* fields per block */
 
-enum { KIND_SISO = 1 };
-enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_TANH = 2, ACT_GELU = 3 };
+enum { KIND_SISO = 1, KIND_MIMO = 2 };
+enum { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_TANH = 2, ACT_GELU = 3, ACT_GELU_TANH = 4 };
 enum { MIX_NONE = 0, MIX_LINEAR = 1, MIX_GLU = 2 };
 enum { ERR_OK = 0, ERR_VERSION = 1, ERR_KIND = 2, ERR_TOKEN = 3, ERR_THREAD = 4, ERR_SHAPE = 5 };
 
-/* header */
+/* header (H_ENC_W < 0 with H_VOCAB 0: no encoder, d_in == H; H_DEC_W < 0: no decoder, O == H) */
 enum { H_VERSION, H_DIN, H_VOCAB, H_H, H_O, H_NBLOCKS, H_POOL, H_ENC_W, H_ENC_B, H_NF_G, H_NF_B, H_NF_EPS,
        H_DEC_W, H_DEC_B, H_POOL_STATE, H_FP16 /* 1: the file stores float16 weights (informational) */ };
-/* block fields */
+/* block fields; a MIMO block: B_N = P, B_AC/B_AS r(2P), B_BC = Bm and B_CC = R (matmul panels), B_BD r(2P)
+   and B_BY r(H) the biases */
 enum { B_KIND, B_N, B_STATE, B_PRENORM, B_LN_G, B_LN_B, B_LN_EPS, B_ACT, B_MIX, B_MIX_W, B_MIX_B, B_READOUT,
-       B_AC, B_AS, B_BC, B_CC, B_D };
+       B_AC, B_AS, B_BC, B_CC, B_D, B_RESIDUAL, B_BD, B_BY };
 
 typedef struct {
     const int64_t *desc;   /* HDR + BLK * n_blocks */
@@ -73,7 +77,8 @@ static inline v8 vsplat(float f) { return (v8){f, f, f, f, f, f, f, f}; }
    W is stored in column panels of PW = 16: Wp[(p K + k) PW + j] = W[k, p PW + j], zero past M, and the bias
    is zero-padded to a whole panel, so every weight read is a sequential stream (fused.py packs them).
    Register tiles keep 8 accumulators in flight (an FMA's latency is ~4 cycles, 2 issue a cycle):
-   4 rows x 1 panel (each weight vector loaded once serves 4 rows), or 1 row x 4 panels. Every output is
+   8 rows x 1 panel in 16-lane registers where the CPU has AVX-512, 4 rows x 1 panel (each weight vector
+   loaded once serves 4 rows), or 1 row x 4 panels. Every output is
    bias + in[0] W[0] + in[1] W[1] + ... in this order in every path, so a row's result does not depend on
    the batch it is in or on the thread split. */
 #define PW 16
@@ -84,14 +89,53 @@ static inline void store_cols(float *dst, v8 a0, v8 a1, int64_t cols) {
     for (int64_t j = 0; j < cols; j++) dst[j] = tmp[j];
 }
 
+#if defined(__AVX512F__)
+/* With AVX-512 a whole panel row is one 16-lane register: 8 rows x 1 panel keeps 8 accumulators in flight and
+   halves the instructions per multiply-add (the dense LRU / S5 Gemms at batch >= 8). Same sum order. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+static inline v16 ld16(const float *p) { return *(const v16u *)p; }
+static inline void store16(float *dst, v16 a, int64_t cols) {
+    if (cols >= PW) { *(v16u *)dst = a; return; }
+    float tmp[PW];
+    *(v16u *)tmp = a;
+    for (int64_t j = 0; j < cols; j++) dst[j] = tmp[j];
+}
+#define ROWS8 8
+#else
+#define ROWS8 0
+#endif
+
 static void matmul(int64_t T, int64_t K, int64_t M, const float *restrict in, int64_t ldi,
                    const float *restrict Wp, const float *restrict bias, float *restrict out, int64_t ldo) {
     const int64_t np = (M + PW - 1) / PW;
-    const int64_t T4 = T - T % 4;
+    const int64_t T8 = ROWS8 ? T - T % 8 : 0;
+    const int64_t T4 = T8 + (T - T8) - (T - T8) % 4;
+#if defined(__AVX512F__)
+    for (int64_t p = 0; p < np; p++) {
+        const float *wp = Wp + p * K * PW;
+        const int64_t cols = M - p * PW;
+        for (int64_t t = 0; t < T8; t += 8) {
+            const float *i0 = in + t * ldi;
+            v16 b = ld16(bias + p * PW);
+            v16 a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;
+            for (int64_t k = 0; k < K; k++) {
+                v16 wv = ld16(wp + k * PW);
+                a0 += i0[k] * wv; a1 += i0[ldi + k] * wv; a2 += i0[2 * ldi + k] * wv; a3 += i0[3 * ldi + k] * wv;
+                a4 += i0[4 * ldi + k] * wv; a5 += i0[5 * ldi + k] * wv; a6 += i0[6 * ldi + k] * wv;
+                a7 += i0[7 * ldi + k] * wv;
+            }
+            float *r = out + t * ldo + p * PW;
+            store16(r, a0, cols); store16(r + ldo, a1, cols); store16(r + 2 * ldo, a2, cols);
+            store16(r + 3 * ldo, a3, cols); store16(r + 4 * ldo, a4, cols); store16(r + 5 * ldo, a5, cols);
+            store16(r + 6 * ldo, a6, cols); store16(r + 7 * ldo, a7, cols);
+        }
+    }
+#endif
     for (int64_t p = 0; p < np; p++) {                       /* panel outer: its K x PW weights stay in L1 */
         const float *wp = Wp + p * K * PW;
         const int64_t cols = M - p * PW;
-        for (int64_t t = 0; t < T4; t += 4) {
+        for (int64_t t = T8; t < T4; t += 4) {
             const float *i0 = in + t * ldi, *i1 = i0 + ldi, *i2 = i1 + ldi, *i3 = i2 + ldi;
             v8 b0 = ld8(bias + p * PW), b1 = ld8(bias + p * PW + 8);
             v8 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1, a30 = b0, a31 = b1;
@@ -285,6 +329,13 @@ static inline v8 vsigmoid(v8 v) {                             /* |v| <= 80: no s
     v = vsel(v < -80.0f, vsplat(-80.0f), v);
     return 1.0f / (1.0f + vexp(-v));
 }
+/* tanh GELU (Hendrycks & Gimpel 2016; torch approximate="tanh", jax.nn.gelu): 0.5 v (1 + tanh(k)) with
+   k = sqrt(2/pi) (v + 0.044715 v^3), written as v sigmoid(2k) (the same function: 0.5 (1 + tanh k) = sigmoid 2k),
+   which needs one exp and has no cancellation near v = 0 */
+static inline v8 vgelu_tanh(v8 v) {
+    v8 k = 0.79788456080286536f * (v + 0.044715f * (v * v * v));
+    return v * vsigmoid(2.0f * k);
+}
 
 /* v[0..n) = f(v), 8 at a time; the tail through a padded copy */
 #define MAP8(v, n, F)                                                          \
@@ -301,9 +352,12 @@ static inline v8 vsigmoid(v8 v) {                             /* |v| <= 80: no s
 
 static void activation(float *v, int64_t n, int act) {
     if (act == ACT_GELU) MAP8(v, n, vgelu);
+    else if (act == ACT_GELU_TANH) MAP8(v, n, vgelu_tanh);
     else if (act == ACT_RELU) { for (int64_t i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f; }
     else if (act == ACT_TANH) { for (int64_t i = 0; i < n; i++) v[i] = tanhf(v[i]); }
 }
+
+static void block_tail(const esf_ctx *c, const int64_t *bd, int64_t T, float *h, float *z, float *m);
 
 /* One SISO block on T rows starting at row r0. h r(T H) is updated in place; z, m are scratch. */
 static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t T, float *h, float *z,
@@ -350,25 +404,33 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
         }
     }
 
-    /* activation */
+    block_tail(c, bd, T, h, z, m);
+}
+
+/* What follows the SSM in every block kind: z r(T H) holds the SSM output; activation, mixing, residual
+   (or h = the mixed output), postnorm. */
+static void block_tail(const esf_ctx *c, const int64_t *bd, int64_t T, float *h, float *z, float *m) {
+    const float *w = c->w;
+    const int64_t H = c->desc[H_H];
+    const int has_ln = bd[B_LN_G] >= 0;
+    const float eps = has_ln ? w[bd[B_LN_EPS]] : 0.0f;
+    const int res = (int)bd[B_RESIDUAL];
     const int act = (int)bd[B_ACT];
     activation(z, T * H, act);
 
     /* mixing and residual */
     const int mix = (int)bd[B_MIX];
     if (mix == MIX_NONE) {
-        for (int64_t i = 0; i < T * H; i++) h[i] += z[i];
+        for (int64_t i = 0; i < T * H; i++) h[i] = res ? h[i] + z[i] : z[i];
     } else if (mix == MIX_LINEAR) {
         matmul(T, H, H, z, H, w + bd[B_MIX_W], w + bd[B_MIX_B], m, H);
-        for (int64_t i = 0; i < T * H; i++) h[i] += m[i];
+        for (int64_t i = 0; i < T * H; i++) h[i] = res ? h[i] + m[i] : m[i];
     } else {                                                 /* GLU: m r(T 2H) = [a | g] */
         matmul(T, H, 2 * H, z, H, w + bd[B_MIX_W], w + bd[B_MIX_B], m, 2 * H);
         for (int64_t t = 0; t < T; t++) {
             float *a = m + t * 2 * H, *g = a + H, *ht = h + t * H;
             MAP8(g, H, vsigmoid);
-            for (int64_t i = 0; i < H; i++) {
-                ht[i] += a[i] * g[i];
-            }
+            for (int64_t i = 0; i < H; i++) ht[i] = res ? ht[i] + a[i] * g[i] : a[i] * g[i];
         }
     }
     if (has_ln && !bd[B_PRENORM]) {
@@ -377,10 +439,49 @@ static void block_siso(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t 
     }
 }
 
+/* One MIMO block (LRU, S5) on T rows starting at row r0; xu r(T 2P+H) and dx r(T 2P) are scratch. */
+static void block_mimo(const esf_ctx *c, const int64_t *bd, int64_t r0, int64_t T, float *h, float *z,
+                       float *m, float *xu, float *dx) {
+    const float *w = c->w;
+    const int64_t H = c->desc[H_H], P = bd[B_N], P2 = 2 * P, K = P2 + H;
+    if (bd[B_LN_G] >= 0 && bd[B_PRENORM])
+        layernorm(T, H, h, z, w + bd[B_LN_G], w + bd[B_LN_B], w[bd[B_LN_EPS]]);
+    else
+        memcpy(z, h, (size_t)(T * H) * sizeof(float));
+    float *S = c->state[bd[B_STATE]] + r0 * P2;              /* rows of X r(2P) */
+    for (int64_t t = 0; t < T; t++) {                        /* [X | z], X the old state */
+        memcpy(xu + t * K, S + t * P2, (size_t)P2 * sizeof(float));
+        memcpy(xu + t * K + P2, z + t * H, (size_t)H * sizeof(float));
+    }
+    matmul(T, H, P2, z, H, w + bd[B_BC], w + bd[B_BD], dx, P2);    /* z Bm + bd  (T 2P) */
+    matmul(T, K, H, xu, K, w + bd[B_CC], w + bd[B_BY], z, H);      /* y = [X | z] R + by  (T H) */
+    const float *restrict ac = w + bd[B_AC], *restrict as = w + bd[B_AS];
+    for (int64_t t = 0; t < T; t++) {                        /* X' = X + (Ac X + As swap(X) + dz) */
+        const float *restrict x = xu + t * K;
+        const float *restrict d = dx + t * P2;
+        float *restrict X = S + t * P2;
+        for (int64_t n = 0; n < P; n++)
+            X[n] = x[n] + (ac[n] * x[n] + as[n] * x[P + n] + d[n]);
+        for (int64_t n = 0; n < P; n++)
+            X[P + n] = x[P + n] + (ac[P + n] * x[P + n] + as[P + n] * x[n] + d[P + n]);
+    }
+    block_tail(c, bd, T, h, z, m);
+}
+
+/* the most floats a row of [X | z] (2P + H) or of the update (2P) needs over the MIMO blocks */
+static int64_t mimo_floats(const int64_t *desc) {
+    int64_t most = 0;
+    for (int64_t i = 0; i < desc[H_NBLOCKS]; i++) {
+        const int64_t *bd = desc + HDR + BLK * i;
+        if (bd[B_KIND] == KIND_MIMO && 2 * bd[B_N] + desc[H_H] > most) most = 2 * bd[B_N] + desc[H_H];
+    }
+    return most;
+}
+
 /* floats of scratch one thread needs */
 int64_t esf_scratch_floats(const int64_t *desc) {
     const int64_t H = desc[H_H], O = desc[H_O];
-    return TILE * (H + H + 2 * H + O);
+    return TILE * (H + H + 2 * H + O + 2 * mimo_floats(desc));   /* xu and dx: TILE * most each */
 }
 
 int64_t esf_version(void) { return ESF_VERSION; }
@@ -390,10 +491,15 @@ int64_t esf_check(const int64_t *desc, int64_t n_desc) {
     if (n_desc < HDR || desc[H_VERSION] != ESF_VERSION) return ERR_VERSION;
     const int64_t nb = desc[H_NBLOCKS];
     if (nb < 0 || n_desc != HDR + BLK * nb || desc[H_H] < 1 || desc[H_O] < 1) return ERR_SHAPE;
+    if (desc[H_VOCAB] <= 0 && desc[H_ENC_W] < 0 && desc[H_DIN] != desc[H_H]) return ERR_SHAPE;
+    if (desc[H_DEC_W] < 0 && desc[H_O] != desc[H_H]) return ERR_SHAPE;
     for (int64_t i = 0; i < nb; i++) {
         const int64_t *bd = desc + HDR + BLK * i;
-        if (bd[B_KIND] != KIND_SISO) return ERR_KIND;
-        if (bd[B_N] < 1 || bd[B_ACT] < 0 || bd[B_ACT] > ACT_GELU || bd[B_MIX] < 0 || bd[B_MIX] > MIX_GLU)
+        if (bd[B_KIND] != KIND_SISO && bd[B_KIND] != KIND_MIMO) return ERR_KIND;
+        if (bd[B_N] < 1 || bd[B_ACT] < 0 || bd[B_ACT] > ACT_GELU_TANH || bd[B_MIX] < 0 || bd[B_MIX] > MIX_GLU)
+            return ERR_SHAPE;
+        if (bd[B_KIND] == KIND_MIMO && (bd[B_AC] < 0 || bd[B_AS] < 0 || bd[B_BC] < 0 || bd[B_CC] < 0 ||
+                                        bd[B_BD] < 0 || bd[B_BY] < 0))
             return ERR_SHAPE;
     }
     return ERR_OK;
@@ -404,7 +510,8 @@ static int64_t run_rows(const esf_ctx *c, int64_t r0, int64_t r1, float *scr) {
     const int64_t *d = c->desc;
     const int64_t H = d[H_H], O = d[H_O], din = d[H_DIN], V = d[H_VOCAB], nb = d[H_NBLOCKS];
     const float *w = c->w;
-    float *h = scr, *z = h + TILE * H, *m = z + TILE * H, *v = m + TILE * 2 * H;
+    float *h = scr, *z = h + TILE * H, *m = z + TILE * H, *v = m + TILE * 2 * H, *xu = v + TILE * O;
+    float *dx = xu + TILE * mimo_floats(d);
     for (int64_t t0 = r0; t0 < r1; t0 += TILE) {
         const int64_t T = (r1 - t0) < TILE ? (r1 - t0) : TILE;
         /* encoder */
@@ -412,14 +519,17 @@ static int64_t run_rows(const esf_ctx *c, int64_t r0, int64_t r1, float *scr) {
             const int64_t *tok = (const int64_t *)c->x + t0;
             for (int64_t t = 0; t < T; t++)                  /* ids were checked in esf_step */
                 memcpy(h + t * H, w + d[H_ENC_W] + tok[t] * H, (size_t)H * sizeof(float));
-        } else {
+        } else if (d[H_ENC_W] >= 0) {
             const float *x = (const float *)c->x + t0 * din;
             matmul(T, din, H, x, din, w + d[H_ENC_W], w + d[H_ENC_B], h, H);
-                }
+        } else {                                             /* no encoder: x is the H channels */
+            memcpy(h, (const float *)c->x + t0 * H, (size_t)(T * H) * sizeof(float));
+        }
         /* blocks */
         for (int64_t i = 0; i < nb; i++) {
             const int64_t *bd = d + HDR + BLK * i;
-            block_siso(c, bd, t0, T, h, z, m);              /* the only kind esf_check admits */
+            if (bd[B_KIND] == KIND_MIMO) block_mimo(c, bd, t0, T, h, z, m, xu, dx);
+            else block_siso(c, bd, t0, T, h, z, m);
         }
         /* head */
         const float *hv = h;
@@ -427,7 +537,8 @@ static int64_t run_rows(const esf_ctx *c, int64_t r0, int64_t r1, float *scr) {
             layernorm(T, H, h, z, w + d[H_NF_G], w + d[H_NF_B], w[d[H_NF_EPS]]);
             hv = z;
         }
-        matmul(T, H, O, hv, H, w + d[H_DEC_W], w + d[H_DEC_B], v, O);
+        if (d[H_DEC_W] >= 0) matmul(T, H, O, hv, H, w + d[H_DEC_W], w + d[H_DEC_B], v, O);
+        else memcpy(v, hv, (size_t)(T * O) * sizeof(float));  /* no decoder: O == H */
         float *y = c->y + t0 * O;
         if (d[H_POOL]) {                                     /* running mean, state [m (O) | count (1)] */
             float *P = c->state[d[H_POOL_STATE]] + t0 * (O + 1);
