@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -248,13 +249,21 @@ def compress_checkpoint(model_path: str, out_path: str, spec: CompressSpec, *, r
                                   "was not written. Report this with the checkpoint; try a larger --rank meanwhile")
     prov = dict(new.provenance)  # compress_model derived it (task, classes, seq_len, the reduction summary)
     prov["parent"] = {"path": str(model_path), "sha256": file_sha256(model_path)}
-    if plot_path:
-        plot_hsv(reports, plot_path)
-    if report_path:
-        full = _report_dict(model_path, out_path, spec, model, new, reports, full=True)
-        with atomic_write(report_path, "report") as tmp:
-            tmp.write_text(json.dumps(full, indent=1))
+    # the checkpoint first (save refuses a NaN model); the report and plot after it, and if either fails the
+    # checkpoint goes too: never a report or plot for a checkpoint that was not written, nor the reverse
     save(new, out_path, provenance=prov)
+    try:
+        if report_path:
+            full = _report_dict(model_path, out_path, spec, model, new, reports, full=True)
+            with atomic_write(report_path, "report") as tmp:
+                tmp.write_text(json.dumps(full, indent=1))
+        if plot_path:
+            plot_hsv(reports, plot_path)
+    except BaseException:
+        for p in (out_path, report_path):
+            if p:
+                Path(p).unlink(missing_ok=True)
+        raise
     return summary
 
 

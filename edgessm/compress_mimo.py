@@ -51,7 +51,12 @@ def in_training_mimo(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]:
                 continue
             red = mimo_balanced_truncation(sys, int(cfg.reduce_rank), measure=False, layer=i)
         else:
-            red = mimo_balanced_truncation(sys, energy=cfg.reduce_energy, measure=False, layer=i)
+            try:
+                red = mimo_balanced_truncation(sys, energy=cfg.reduce_energy, measure=False, layer=i)
+            except RankError as e:  # no order re-diagonalises accurately: keep the layer, do not abort training
+                event.setdefault("warnings", []).append(str(e))
+                new_systems.append(sys)
+                continue
             if not (red.system.N <= (1.0 - cfg.reduce_min_drop) * sys.N and red.system.N < sys.N):
                 new_systems.append(sys)
                 continue

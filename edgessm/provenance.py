@@ -26,7 +26,8 @@ from .errors import CheckpointError
 __all__ = ["check_provenance", "derive", "task_classes", "MAX_SEQ_LEN"]
 
 # keys that describe the task and follow a model through finetune, compress and export
-_CARRIED = ("task", "classes", "seq_len", "task_meta", "task_options", "train_config", "metrics", "import")
+# (not metrics or train_config: a compressed model's accuracy is not its parent's; train and finetune write theirs)
+_CARRIED = ("task", "classes", "seq_len", "task_meta", "task_options", "import")
 
 
 def derive(base: Optional[dict[str, Any]], command: str, **updates: Any) -> dict[str, Any]:

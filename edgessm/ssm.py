@@ -181,6 +181,15 @@ class DiagonalSSM:
         per_mode = 2.0 * cb * (np.abs(self.A) / gap ** 2 + 2.0 / gap)  # (H N)
         return np.sum(per_mode, axis=1) + np.abs(self.D)  # (H)
 
+    def snapped(self) -> "DiagonalSSM":
+        """The system as the reducers read it: modes judged real (``real_modes``) with A = Re A and C B = Re(C B)."""
+        real = self.real_modes() & (self.A.imag != 0)  # (H N) only those whose reading changes anything
+        if not real.any():
+            return self
+        safe_B = np.where(self.B != 0, self.B, 1.0)
+        C = np.where(real, (self.C * self.B).real / safe_B, self.C)  # (H N) C' B = Re(C B)
+        return DiagonalSSM(np.where(real, self.A.real + 0j, self.A), self.B, C, self.D)
+
     def perturbation_bound(self, other: "DiagonalSSM") -> np.ndarray:
         """r(H): a rigorous bound on ||G_self - G_other||_inf for two systems with the same (H, N), mode by mode.
 
@@ -192,8 +201,8 @@ class DiagonalSSM:
         """
         if (self.H, self.N) != (other.H, other.N):
             raise ValueError(f"perturbation_bound needs equal shapes, got {(self.H, self.N)} and {(other.H, other.N)}")
-        g = np.maximum(1.0 - np.abs(self.A), 1e-300)  # (H N)
-        g2 = np.maximum(1.0 - np.abs(other.A), 1e-300)  # (H N)
+        g = np.maximum(self.one_minus(), 1e-300)  # (H N)
+        g2 = np.maximum(other.one_minus(), 1e-300)  # (H N)
         rho, rho2 = self.C * self.B, other.C * other.B  # (H N)
         per_mode = 2.0 * (np.abs(rho - rho2) / g + np.abs(rho2) * np.abs(self.A - other.A) / (g * g2))  # (H N)
         return np.sum(per_mode, axis=1) + np.abs(self.D - other.D)  # (H)

@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Union
 
-__all__ = ["regular_file", "check_outputs", "check_writable", "atomic_write", "iter_lines"]
+__all__ = ["regular_file", "check_outputs", "check_writable", "atomic_write", "iter_lines", "silence_stdout"]
 
 PathLike = Union[str, os.PathLike]
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -339,7 +340,7 @@ class StreamingSession:
             return
         from .fused import FusedUnavailable, load_fused
         try:
-            data = model if isinstance(model, bytes) else open(model, "rb").read()
+            data = model if isinstance(model, bytes) else Path(model).read_bytes()
             shapes = {st.input: tuple(st.shape) for st in self.spec.states}
             self._engine, self.engine_note = load_fused(data, self._sess, shapes, self.batch, self.threads or 1)
             self.engine = "fused"

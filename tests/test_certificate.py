@@ -115,7 +115,7 @@ def test_badly_scaled_channels_bound_plus_floor_holds(seed, r):
     s = _scaled(seed)
     red = balanced_truncation(s, r)
     true = ab13dd(error_system(s, red.system))
-    assert np.all(true <= red.certified() * (1 + 1e-9))
+    assert np.all(true <= red.certified() * (1 + 2e-12))  # AB13DD is accurate to its tol 1e-12
     assert np.all(red.floor > 0)
 
 
@@ -126,7 +126,7 @@ def test_pole_next_to_the_circle_bound_plus_floor_holds(gap):
     s = DiagonalSSM(A, np.ones_like(A), C, np.zeros(1))
     red = balanced_truncation(s, 2)
     true = ab13dd(error_system(s, red.system))
-    assert np.all(true <= red.certified() * (1 + 1e-9))
+    assert np.all(true <= red.certified() * (1 + 2e-12))  # AB13DD is accurate to its tol 1e-12
     assert np.all(red.measured_hinf <= red.certified())
 
 
@@ -274,3 +274,15 @@ def test_layers_keep_their_continuous_parameters():
         ref = (lay.lambda_() * lay.dt()[:, None]).numpy()
     np.testing.assert_array_equal(s.logA, ref)
     np.testing.assert_allclose(s.A, np.exp(ref), rtol=1e-15)
+
+
+def test_negligible_angle_read_as_real_is_covered_by_the_floor():
+    # a mode whose angle is below REAL_MODE_RTOL of its gap is balanced as a real mode: the floor adds
+    # the rigorous bound of that reading (DiagonalSSM.snapped), so the certificate still holds
+    A = np.array([[0.5 * np.exp(0.99e-12j), 0.3 + 0j, 0.7 * np.exp(1j)]])
+    C = np.array([[1j, 1.0, 0.5]])
+    s = DiagonalSSM(A, np.ones_like(A), C, np.zeros(1))
+    assert s.real_modes()[0, 0]
+    red = balanced_truncation(s, 2)
+    assert np.all(ab13dd(error_system(s, red.system)) <= red.certified() * (1 + 2e-12))
+    assert red.bound_holds().all() and not any("FAIL" in w for w in red.warnings)

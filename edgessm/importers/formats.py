@@ -296,7 +296,12 @@ def json_or_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"config file {p} not found; pass the JSON (or YAML) file of the model's constructor arguments")
-    text = p.read_text()
+    if p.stat().st_size > 1 << 24:  # a constructor-argument file is a few KB
+        raise CheckpointError(f"config {p} is {p.stat().st_size / 2**20:.0f} MiB; a config file of constructor arguments is small")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"config {p} is not UTF-8 text; pass the JSON (or YAML) file of the constructor arguments") from None
     if p.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -304,6 +309,8 @@ def json_or_yaml(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"config {p} is YAML but PyYAML is not installed; pip install pyyaml, or pass JSON") from None
         try:
             d = yaml.safe_load(text)
+        except RecursionError:
+            raise CheckpointError(f"config {p} is nested too deeply to be a config file") from None
         except yaml.YAMLError as e:
             raise CheckpointError(f"config {p} is not valid YAML ({str(e).splitlines()[0]})") from None
     else:
@@ -311,6 +318,8 @@ def json_or_yaml(path: str | os.PathLike) -> dict[str, Any]:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"config {p} is not valid JSON ({e})") from None
+        except RecursionError:
+            raise CheckpointError(f"config {p} is nested too deeply to be a config file") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"config {p} must hold an object of constructor arguments")
     return d

@@ -55,18 +55,16 @@ import numpy as np
 
 from ..errors import RankError, UnstableSystemError
 from ..mimo import MimoSSM
-from .reduction import Reduction, bound_floor, certificate_warnings
+from .balanced import HSV_NOISE_RTOL
+from .gramians import PIVOT_RTOL
+from .reduction import Reduction, bound_floor, certificate_warnings, check_selector, where
 
-__all__ = ["MimoReduction", "doubled", "gramian_factor", "mimo_hankel_singular_values",
+__all__ = ["doubled", "gramian_factor", "mimo_hankel_singular_values",
            "mimo_balanced_truncation"]
 
-# Pivoting stops when the largest remaining pivot is below this fraction of the first: a Gramian
-# perturbation t moves sigma_i by ~ t sigma_1^2 / sigma_i relative, so sigma_i >= 1e-12 sigma_1 to 1e-8
-# needs t <~ 1e-32; the generator form computes such pivots to high relative accuracy.
-PIVOT_RTOL = 1e-34
-# HSVs below this fraction of sigma_1 are float64 noise of the factor product: never kept.
-HSV_NOISE_RTOL = 1e-13
-# Re-diagonalisation check (as balanced.py): l1 impulse-response difference over RECON_L steps within
+# Pivot and HSV-noise thresholds are the SISO engine's (gramians.PIVOT_RTOL, balanced.HSV_NOISE_RTOL: the
+# same reasoning). Re-diagonalisation check (as balanced.py, with a 10x looser float64 term: the MIMO
+# eigenvector matrices couple all P modes): l1 impulse-response difference over RECON_L steps within
 # RECON_BOUND_FRACTION of the certified bound plus RECON_ATOL_REL of sum |h| (the float64 floor of an
 # eigendecomposition of a k x k matrix with a moderately conditioned eigenvector matrix).
 RECON_BOUND_FRACTION = 0.1
@@ -76,11 +74,6 @@ RECON_L = 128
 
 # A MIMO reduction returns the one Reduction type (reduce/reduction.py) with per-channel arrays of length 1:
 # a MIMO layer is one system, not H channels.
-MimoReduction = Reduction
-
-
-def _where(layer) -> str:
-    return f"layer {layer}: " if layer is not None else ""
 
 
 # ---- 1. doubled standard realisation --------------------------------------------------------
@@ -258,22 +251,16 @@ def _select_k(S: np.ndarray, rank, energy, tol, gain) -> int:
 
 
 def mimo_balanced_truncation(sys: MimoSSM, rank: int | None = None, *, energy: float | None = None,
-                             tol: float | None = None, measure: bool = True, layer=None) -> MimoReduction:
+                             tol: float | None = None, measure: bool = True, layer=None) -> Reduction:
     """Square-root balanced truncation of the real map, re-diagonalised (same factor c); one selector."""
-    given = [s for s, v in (("rank", rank), ("energy", energy), ("tol", tol)) if v is not None]
-    if len(given) != 1:
-        raise RankError(f"{_where(layer)}give exactly one of rank, energy, tol (got {given or 'none'})")
+    check_selector(rank, energy, tol, layer)  # the one rule for rank / energy / tol (reduction.py)
     if not sys.is_finite():
-        raise UnstableSystemError(f"{_where(layer)}the system has non-finite parameters; it cannot be reduced")
+        raise UnstableSystemError(f"{where(layer)}the system has non-finite parameters; it cannot be reduced")
     if not sys.is_stable():
-        raise UnstableSystemError(f"{_where(layer)}the system is unstable (max |A| = {sys.spectral_radius():.6g} >= 1); "
+        raise UnstableSystemError(f"{where(layer)}the system is unstable (max |A| = {sys.spectral_radius():.6g} >= 1); "
                                   "balanced truncation needs |A| < 1")
     if rank is not None and not (isinstance(rank, (int, np.integer)) and 1 <= rank < sys.N):
-        raise RankError(f"{_where(layer)}rank must be an int with 1 <= rank < {sys.N} (the stored modes), got {rank!r}")
-    if energy is not None and not 0 < energy <= 1:
-        raise RankError(f"{_where(layer)}energy must be in (0, 1] (1 keeps every direction above float64 noise), got {energy}")
-    if tol is not None and not tol > 0:
-        raise RankError(f"{_where(layer)}tol must be > 0, got {tol}")
+        raise RankError(f"{where(layer)}rank must be an int with 1 <= rank < {sys.N} (the stored modes), got {rank!r}")
     dbl, FP, FQ = _factors(sys)
     n = FP.shape[0]
     U, S, Vt = np.linalg.svd(FQ.T @ FP, full_matrices=False)
@@ -300,15 +287,19 @@ def mimo_balanced_truncation(sys: MimoSSM, rank: int | None = None, *, energy: f
         recon = float(np.sum(np.abs(h_diag - _markov_real(Ar, Br, Cr, RECON_L))))
         if recon <= RECON_BOUND_FRACTION * bound + RECON_ATOL_REL * scale and red.is_stable():
             break
-        warnings.append(f"{_where(layer)}order {k}: the diagonal form missed the balanced system by {recon:.3g}; "
+        warnings.append(f"{where(layer)}order {k}: the diagonal form missed the balanced system by {recon:.3g}; "
                         "order lowered")
         k -= 1
     if k < 1:
-        raise RankError(f"{_where(layer)}no reduced order >= 1 satisfies the selector and re-diagonalises "
+        raise RankError(f"{where(layer)}no reduced order >= 1 satisfies the selector and re-diagonalises "
                         "accurately; keep more modes")
     red = MimoSSM(red.A, red.B, red.C, red.D, sys.c, np.log(red.A))
-    out = Reduction(red, np.array([k]), np.array([red.N]), S[None], np.array([sys.real_state_dims()]),
-                    np.array([2.0 * S[k:].sum()]), None, None, None, "balanced", warnings, bound_floor(sys, red))
+    hsv = np.zeros(2 * sys.N)
+    hsv[:min(S.size, 2 * sys.N)] = S[:2 * sys.N]  # zero-padded to 2N like the SISO engine's (reports read N from it)
+    # the accepted re-diagonalisation loss is part of what is certified, not slack on top of it
+    out = Reduction(red, np.array([k]), np.array([red.N]), hsv[None], np.array([sys.real_state_dims()]),
+                    np.array([2.0 * S[k:].sum()]), None, None, None, "balanced", warnings,
+                    bound_floor(sys, red) + recon)
     if not measure:
         return out
     measured = np.array([sys.error_system(red).hinf_norm()])

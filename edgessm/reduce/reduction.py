@@ -82,7 +82,7 @@ class Reduction:
         stored (default ``system``). bound_holds is None where the method claims no bound.
         """
         m = self.measured_hinf if measured is None else np.asarray(measured)
-        st = np.zeros(self.system.H) if storage is None else np.asarray(storage)
+        st = np.zeros(self.bound.shape) if storage is None else np.asarray(storage)
         sy = self.system if saved is None else saved
         cert = self.certified() + st  # (H)
         claimed = np.isfinite(cert)  # (H)
@@ -175,9 +175,16 @@ def check_selector(rank, energy, tol, layer) -> None:
 
 
 def bound_floor(sys, red) -> np.ndarray:
-    """r(H): float64 floor of the certified bound of reducing sys to red (FLOOR_FACTOR); DiagonalSSM or MimoSSM."""
+    """r(H): float64 floor of the certified bound of reducing sys to red (FLOOR_FACTOR); DiagonalSSM or MimoSSM.
+
+    Plus, for a DiagonalSSM, what reading its near-real pairs as real modes changes (``snapped``): the
+    reducer balances that system, so the difference is bounded rigorously and added.
+    """
     n = np.maximum(sys.real_state_dims(), 1)  # (H)
-    return FLOOR_FACTOR * np.finfo(np.float64).eps * n * (sys.sensitivity() + red.sensitivity())
+    floor = FLOOR_FACTOR * np.finfo(np.float64).eps * n * (sys.sensitivity() + red.sensitivity())
+    if isinstance(sys, DiagonalSSM):
+        floor = floor + sys.perturbation_bound(sys.snapped())
+    return floor
 
 
 def certificate_warnings(red: Reduction, measured: np.ndarray, gain: np.ndarray, layer: object | None) -> list[str]:
