@@ -18,7 +18,7 @@ Also the process CPU time per step: on shared cores a call that lasts millisecon
 tests/test_fused.py (batch 3, 2,000 steps) and its 10^5-step models (batch 2; S4D, DSS, and LRU / S5 at
 P = 6 and reduced by edgessm.compress.compress_model).
 
-Models (--models picks some by label prefix, e.g. --models lru,s5): the 4 x 128 x 8 S4D of the latency issue
+Models (--models picks some by label prefix, e.g. --models lru,s5): the 4 x 128 x 8 S4D whose step latency docs/latency.md tracks
 (d_input 1, 10 classes, mean pooling, GLU, pre-LN), the mnist1d shape 4 x 64 x 8 (the default ModelConfig at
 N = 8), and the MIMO blocks at H = 128: the CompreSSM LRU block (BatchNorm folded, tanh GELU, GLU) with P = 64
 (the Gemm update form, P <= H) and P = 256 (the elementwise update form), and S5 (pre-LN, GELU, GLU) with P = 32.
