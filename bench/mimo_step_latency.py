@@ -22,7 +22,7 @@ def main(argv=None) -> dict:
 
     from edgessm.config import ModelConfig
     from edgessm.export import export_onnx
-    from edgessm.export.bench import interleaved_latency, write_json
+    from edgessm.export.bench import interleaved_latency, markdown_table, write_json
     from edgessm.export.verify import session
     from edgessm.model import SSMModel
 
@@ -67,15 +67,14 @@ def main(argv=None) -> dict:
                          "parity_rel_y": res.parity["step"]["y"]["rel"]}
         lat = interleaved_latency(sessions, feeds, a.rounds, a.calls, warmup=100)
     base = {"64": lat["s4d N=1"][0], "1024": lat["s4d N=16"][0]}
-    print("| model | state floats / layer | nodes | SSM nodes / layer | after ORT_ENABLE_ALL | parity y (256 steps) "
-          "| CPU p50 us | / S4D same state |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for name, v in out.items():
         v["cpu_p50_us"], v["cpu_p99_us"] = lat[name]
-        ref = base["1024"] if ("1024" in name or "N=16" in name) else base["64"]
-        v["ratio_to_s4d"] = v["cpu_p50_us"] / ref
-        print(f"| {name} | {v['state_floats_per_layer']} | {v['nodes']} | {v['ssm_nodes_per_layer']} | "
-              f"{v['ort_optimized_nodes']} | {v['parity_rel_y']:.1e} | {v['cpu_p50_us']:.1f} | {v['ratio_to_s4d']:.2f} |")
+        v["ratio_to_s4d"] = v["cpu_p50_us"] / base["1024" if ("1024" in name or "N=16" in name) else "64"]
+        rows.append([name, v["state_floats_per_layer"], v["nodes"], v["ssm_nodes_per_layer"], v["ort_optimized_nodes"],
+                     f"{v['parity_rel_y']:.1e}", f"{v['cpu_p50_us']:.1f}", f"{v['ratio_to_s4d']:.2f}"])
+    print(markdown_table(["model", "state floats / layer", "nodes", "SSM nodes / layer", "after ORT_ENABLE_ALL",
+                          "parity y (256 steps)", "CPU p50 us", "/ S4D same state"], rows))
     write_json(a.json, out)
     return out
 

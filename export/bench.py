@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 
 
+def markdown_table(head: list, rows: list) -> str:
+    """A markdown table (the form docs/ keeps results in) of rows of already-formatted cells."""
+    lines = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
 def write_json(path, obj) -> None:
     """The benchmark's raw numbers as JSON at ``path`` (nothing when path is None), for docs/data/."""
     if path:

@@ -23,6 +23,7 @@ from edgessm.ssm import DiagonalSSM
 ort = pytest.importorskip("onnxruntime")
 from edgessm.export import export_onnx, read_metadata  # noqa: E402
 from edgessm.export import graph as export_graph  # noqa: E402
+from edgessm.export.verify import make_input  # noqa: E402
 
 FP32 = 1e-4
 FP16 = 1e-2
@@ -36,10 +37,8 @@ def _model(seed=0, **kw) -> SSMModel:
 
 
 def _inputs(cfg, batch, steps, seed=1):
-    rng = np.random.default_rng(seed)
-    if cfg.vocab_size:
-        return rng.integers(0, cfg.vocab_size, (batch, steps)).astype(np.int64)
-    return rng.standard_normal((batch, steps, cfg.d_input)).astype(np.float32)
+    """Random N(0, 1) features or uniform tokens (the exporter's own parity input)."""
+    return make_input(cfg, batch, steps, seed)
 
 
 def _session(path):

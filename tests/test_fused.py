@@ -31,6 +31,7 @@ from edgessm.runtime import StreamingSession  # noqa: E402
 from edgessm.runtime.errors import RuntimeInputError, RuntimeProviderError  # noqa: E402
 from edgessm.runtime.fused import FusedEngine, FusedUnavailable, load_library, plan_from_onnx  # noqa: E402
 from edgessm.runtime.onnx_reader import read_onnx  # noqa: E402
+from edgessm.export.verify import make_input  # noqa: E402
 
 import test_runtime_graphs as fx  # noqa: E402
 
@@ -89,10 +90,8 @@ def _model(seed=0, **kw) -> SSMModel:
 
 
 def _inputs(cfg, batch, steps, seed=1):
-    rng = np.random.default_rng(seed)
-    if cfg.vocab_size:
-        return rng.integers(0, cfg.vocab_size, (batch, steps)).astype(np.int64)
-    return rng.standard_normal((batch, steps, cfg.d_input)).astype(np.float32)
+    """Random N(0, 1) features or uniform tokens (the exporter's own parity input)."""
+    return make_input(cfg, batch, steps, seed)
 
 
 def _rel(a, b) -> float:
@@ -113,12 +112,17 @@ def _pair(path, batch, **kw):
     return f, o
 
 
+def _case(tmp_path, name, cases, batch, steps):
+    """Export case ``name`` of ``cases``: (model, inputs (batch, steps), fused session, onnxruntime session)."""
+    cfg_kw, opts = cases[name]
+    m, path = _export(tmp_path, name, cfg_kw, opts)
+    f, o = _pair(path, batch)
+    return m, _inputs(m.config, batch, steps), f, o
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_onnxruntime_and_float64_oracle(tmp_path, name):
-    cfg_kw, opts = CASES[name]
-    m, path = _export(tmp_path, name, cfg_kw, opts)
-    xs = _inputs(m.config, 3, 400)
-    f, o = _pair(path, 3)
+    m, xs, f, o = _case(tmp_path, name, CASES, 3, 400)
     yf = f.run(xs[:, :150])                                  # one C call for 150 steps ...
     yf = np.concatenate([yf, np.stack([f.step(xs[:, t]) for t in range(150, 400)], 1)], 1)  # ... then steps
     yo = o.run(xs)
@@ -159,10 +163,7 @@ def test_reduced_systems_with_real_and_padded_modes(tmp_path):
 
 @pytest.mark.parametrize("name", list(FP16_CASES))
 def test_fp16_graphs_match_onnxruntime(tmp_path, name):
-    cfg_kw, opts = FP16_CASES[name]
-    m, path = _export(tmp_path, name, cfg_kw, opts)
-    xs = _inputs(m.config, 2, 200)
-    f, o = _pair(path, 2)
+    m, xs, f, o = _case(tmp_path, name, FP16_CASES, 2, 200)
     assert "fp16" in f.engine_note
     assert _rel(f.run(xs), o.run(xs)) < FP16_VS_ORT
 

@@ -151,17 +151,23 @@ def test_chain_import_export_runtime_matches_upstream(cli_imports, family, fixtu
     assert rel(y, ref) <= BAR
 
 
+def compress_and_export(d: Path, name: str, ck: Path, rank: int) -> tuple[Path, Path]:
+    """`edgessm compress --rank` then `export` from the CLI; asserts the bound and the export's parity bar."""
+    small, onnx_path = d / f"{name}.r{rank}.safetensors", d / f"{name}.r{rank}.onnx"
+    summary = json.loads(run("compress", ck, "--rank", rank, "-o", small, "--json").stdout)
+    assert summary["modes_out"] == [rank] * len(summary["modes_out"]) and summary["bounds_hold"]
+    exp = json.loads(run("export", small, "-o", onnx_path, "--verify-steps", 64, "--json").stdout)
+    assert exp["parity"]["step"]["y@float64"]["rel"] <= 1e-4  # export's own bar, float32 graph vs float64 model
+    return small, onnx_path
+
+
 @pytest.mark.parametrize("family", ["s4d", "s4", "dss"])
 def test_chain_compress_export_runtime(cli_imports, family):
     from edgessm.runtime import StreamingSession
 
     d, out = cli_imports
     ck, res = out[family]
-    small, onnx_path = d / f"{family}.r4.safetensors", d / f"{family}.r4.onnx"
-    summary = json.loads(run("compress", ck, "--rank", 4, "-o", small, "--json").stdout)
-    assert summary["modes_out"] == [4] * len(summary["modes_out"]) and summary["bounds_hold"]
-    exp = json.loads(run("export", small, "-o", onnx_path, "--verify-steps", 64, "--json").stdout)
-    assert exp["parity"]["step"]["y@float64"]["rel"] <= 1e-4  # export's own bar, float32 graph vs float64 model
+    small, onnx_path = compress_and_export(d, family, ck, 4)
     m = edgessm.load(small).double().eval()
     cfg = m.config
     x = np.random.default_rng(0).standard_normal((2, 50, cfg.d_input)).astype(np.float32)

@@ -16,26 +16,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from click.testing import CliRunner
 
 import edgessm
-from edgessm.cli import main
 from edgessm.importers import check_import, import_model, source_options
 
-DATA = Path(__file__).parent / "data"
+from test_importers import BAR, DATA, compress_and_export, rel, run  # noqa: E402  the SISO importer tests' helpers and bar
+
 S5, LRU = DATA / "s5", DATA / "lru"
-BAR = 1e-5  # the issue's bar: <= 1e-5 relative of the float64 reference outputs
-
-
-def rel(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
-
-
-def run(*args, ok=True):
-    res = CliRunner().invoke(main, list(map(str, args)))
-    if ok:
-        assert res.exit_code == 0, res.output + repr(res.exception)
-    return res
 
 
 def fails(*args, match: str, out: Path | None = None):
@@ -383,11 +370,7 @@ def test_chain_compress_export_runtime(cli_imports, name):
 
     d, out = cli_imports
     ck, _ = out[name]
-    small, onnx_path = d / f"{name}.r8.safetensors", d / f"{name}.r8.onnx"
-    summary = json.loads(run("compress", ck, "--rank", 8, "-o", small, "--json").stdout)
-    assert summary["modes_out"] == [8] * len(summary["modes_out"]) and summary["bounds_hold"]
-    exp = json.loads(run("export", small, "-o", onnx_path, "--verify-steps", 64, "--json").stdout)
-    assert exp["parity"]["step"]["y@float64"]["rel"] <= 1e-4  # export's own bar, float32 graph vs float64 model
+    small, onnx_path = compress_and_export(d, name, ck, 8)
     m = edgessm.load(small).double().eval()
     assert [b.ssm.N for b in m.blocks] == [8] * len(m.blocks)
     x = np.random.default_rng(0).standard_normal((2, 50, m.config.d_input)).astype(np.float32)
