@@ -45,6 +45,8 @@ from typing import Optional
 
 import numpy as np
 
+from .contract import (INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, PAST_PREFIX, POOL_STATE, PRESENT_PREFIX, past_state,
+                       present_state)
 from .errors import RuntimeInputError
 from .onnx_reader import Node, OnnxGraph, OnnxReadError, read_onnx
 
@@ -197,7 +199,7 @@ def _layernorm(G: _Graph, n: Node, H: int, what: str) -> tuple[np.ndarray, np.nd
 
 
 def _ssm_elementwise(G: _Graph, nodes: list[Node], i: int, H: int, N: int) -> dict:
-    past, present, where = f"past_state.{i}", f"present_state.{i}", f"block {i} SSM"
+    past, present, where = past_state(i), present_state(i), f"block {i} SSM"
     _only({n.op for n in nodes}, {"Unsqueeze", "MatMul", "Mul", "Sum", "Add", "ReduceSum", "Cast"}, where)
     mm = [n for n in nodes if n.op == "MatMul"]
     if len(mm) != 1 or mm[0].inputs[0] != past:
@@ -231,7 +233,7 @@ def _ssm_elementwise(G: _Graph, nodes: list[Node], i: int, H: int, N: int) -> di
 
 
 def _ssm_matrix(G: _Graph, nodes: list[Node], i: int, H: int, N: int) -> dict:
-    past, present, where = f"past_state.{i}", f"present_state.{i}", f"block {i} SSM"
+    past, present, where = past_state(i), present_state(i), f"block {i} SSM"
     _only({n.op for n in nodes}, {"Concat", "Unsqueeze", "Einsum", "Add", "Cast"}, where)
     M = R = None
     for n in (n for n in nodes if n.op == "Einsum"):
@@ -277,7 +279,7 @@ def _ssm_mimo(G: _Graph, nodes: list[Node], i: int, H: int) -> dict:
     """An LRU / S5 block (export/graph.py's MIMO step): y = [X | z] R + by from the old state; the update either
     one Gemm over [X | z] ("mimo-gemm", whose X part must be the diagonal recurrence) or Ac X + As swap(X) + the
     Gemm z Bm + bd ("mimo-diag"). Both run as the latter."""
-    past, present, where = f"past_state.{i}", f"present_state.{i}", f"block {i} SSM"
+    past, present, where = past_state(i), present_state(i), f"block {i} SSM"
     _only({n.op for n in nodes}, {"Concat", "Gemm", "Add", "Split", "Mul", "Sum", "Cast"}, where)
     cats = [n for n in nodes if n.op == "Concat" and n.inputs[:1] == [past] and len(n.inputs) == 2]
     if len(cats) != 1 or cats[0].attrs.get("axis") not in (1, -1):
@@ -349,10 +351,10 @@ def plan_from_onnx(data: bytes) -> FusedPlan:
 
 def _plan(g: OnnxGraph) -> FusedPlan:
     meta = g.metadata
-    if meta.get("edgessm.graph", "step") != "step" or "edgessm.format_version" not in meta:
+    if meta.get(METADATA_PREFIX + "graph", "step") != "step" or METADATA_PREFIX + "format_version" not in meta:
         raise FusedUnavailable("not an edgessm step graph (no edgessm.format_version / graph=step metadata)")
     try:
-        cfg = json.loads(meta.get("edgessm.config", "{}"))
+        cfg = json.loads(meta.get(METADATA_PREFIX + "config", "{}"))
     except ValueError:
         raise FusedUnavailable("edgessm.config metadata is not JSON") from None
     G = _Graph(g)
@@ -366,9 +368,9 @@ def _plan(g: OnnxGraph) -> FusedPlan:
         raise FusedUnavailable(f"graph sections {unknown} are not ones this engine knows")
     if nb == 0:
         raise FusedUnavailable("no SSM blocks found")
-    want_in = {"x", *[f"past_state.{i}" for i in range(nb)]}
-    pooled = "past_state.pool" in g.inputs
-    if set(g.inputs) - {"past_state.pool"} != want_in:
+    want_in = {INPUT_NAME, *[past_state(i) for i in range(nb)]}
+    pooled = past_state(POOL_STATE) in g.inputs
+    if set(g.inputs) - {past_state(POOL_STATE)} != want_in:
         raise FusedUnavailable(f"graph inputs {g.inputs} are not x and past_state.0..{nb - 1} (+ pool)")
     W = _Weights()
     desc = np.full(HDR + BLK * nb, -1, np.int64)
@@ -377,14 +379,14 @@ def _plan(g: OnnxGraph) -> FusedPlan:
     enc = [n for _, n in G.nodes("encoder") if n.op != "Cast"]
     enc_kind = "linear"
     if not enc:  # config.encoder='none': x (B H) feeds the first block (through a Cast when fp16)
-        xs = g.shapes.get("x")
+        xs = g.shapes.get(INPUT_NAME)
         if xs is None or len(xs) != 2 or not isinstance(xs[1], int) or xs[1] < 1:
             raise FusedUnavailable(f"encoder: none, and the input x has shape {xs}, not (batch, H)")
         H = d_in = xs[1]
         tokens, V, enc_kind = False, 0, "none"
     elif len(enc) == 1 and enc[0].op == "Gather":
         E = G.init(enc[0].inputs[0], None, "embedding")
-        if E.ndim != 2 or enc[0].inputs[1] != "x" or enc[0].attrs.get("axis", 0) != 0:
+        if E.ndim != 2 or enc[0].inputs[1] != INPUT_NAME or enc[0].attrs.get("axis", 0) != 0:
             raise FusedUnavailable("encoder: Gather is not E[x]")
         V, H = E.shape
         tokens, d_in = True, 0
@@ -400,14 +402,14 @@ def _plan(g: OnnxGraph) -> FusedPlan:
     else:
         raise FusedUnavailable(f"encoder: {[n.op for n in enc]} is neither Gemm nor Gather")
     precision = "fp16" if any(a.dtype == np.float16 for a in G.inits.values()) else "fp32"
-    if meta.get("edgessm.precision", precision) != precision:
+    if meta.get(METADATA_PREFIX + "precision", precision) != precision:
         raise FusedUnavailable(f"weights are {precision} but the metadata says {meta.get('edgessm.precision')}")
 
     # ---- blocks
     ranks, kinds, shapes, forms = [], [], [], set()
     summary = {"norm": None, "prenorm": None, "activation": None, "mixing": None, "residual": None,
                "encoder": enc_kind, "decoder": None}
-    h_in = "x"                                     # the tensor entering the next block
+    h_in = INPUT_NAME                              # the tensor entering the next block
     if G.nodes("encoder"):
         flow = G.outflow({"encoder"})
         if len(flow) != 1:
@@ -435,7 +437,7 @@ def _plan(g: OnnxGraph) -> FusedPlan:
             N = _block_modes(G, sn, i, H, tmpl)
             ssm = (_ssm_elementwise if tmpl == "elementwise" else _ssm_matrix)(G, sn, i, H, N)
             forms.add(tmpl)
-        flow = G.outflow({f"block.{i}", f"block.{i}/ssm"}) - {f"present_state.{i}"}
+        flow = G.outflow({f"block.{i}", f"block.{i}/ssm"}) - {present_state(i)}
         if len(flow) != 1:
             raise FusedUnavailable(f"{where}: {len(flow)} tensors leave the block, expected one")
         residual = any(n.op == "Add" and h_in in n.inputs for _, n in bn)  # h + block(h)
@@ -530,7 +532,7 @@ def _plan(g: OnnxGraph) -> FusedPlan:
     else:  # config.decoder='none': y is the last block's H channels
         O = H
     summary["decoder"] = "linear" if dec else "none"
-    if g.shapes.get("y", (None, O))[1:] != (O,):
+    if g.shapes.get(OUTPUT_NAME, (None, O))[1:] != (O,):
         raise FusedUnavailable(f"head: output y has shape {g.shapes.get('y')}, the weights give (batch, {O})")
     if lnf:
         gam, bet, eps = _layernorm(G, lnf[0], H, "final norm")
@@ -548,7 +550,7 @@ def _plan(g: OnnxGraph) -> FusedPlan:
                                "pool state")
     desc[:HDR] = [ESF_VERSION, d_in, V, H, O, nb, int(pooled), desc[7], desc[8], desc[9], desc[10], desc[11],
                   desc[12], desc[13], nb if pooled else -1, int(precision == "fp16")]
-    names = [f"past_state.{i}" for i in range(nb)] + (["past_state.pool"] if pooled else [])
+    names = [past_state(i) for i in range(nb)] + ([past_state(POOL_STATE)] if pooled else [])
     shapes += [(O + 1,)] if pooled else []
     return FusedPlan(desc=desc, weights=W.array(), state_names=names, state_shapes=shapes, precision=precision,
                      tokens=tokens, d_input=d_in, d_output=O, H=H, ranks=ranks, kinds=kinds, pooling=pooling,
@@ -766,7 +768,7 @@ class FusedEngine:
         start = {}
         for n, s in zip(self.plan.state_names, self._state):
             v = 0.3 * rng.standard_normal(s.shape)
-            if n == "past_state.pool":
+            if n == past_state(POOL_STATE):
                 v[:, -1] = rng.integers(0, 5, B)  # the step count of the running mean
             start[n] = v.astype(np.float32)
         if self.plan.tokens:
@@ -774,12 +776,12 @@ class FusedEngine:
             xs = rng.integers(0, V, (steps, B)).astype(np.int64)
         else:
             xs = rng.standard_normal((steps, B, self.plan.d_input)).astype(np.float32)
-        outs = ["y"] + ["present_state." + n.split(".", 1)[1] for n in self.plan.state_names]
+        outs = [OUTPUT_NAME] + [PRESENT_PREFIX + n[len(PAST_PREFIX):] for n in self.plan.state_names]
         ref_state = dict(start)
         self.write_state(start)
         worst = 0.0
         for t in range(steps):
-            r = ort_session.run(outs, {"x": xs[t], **ref_state})
+            r = ort_session.run(outs, {INPUT_NAME: xs[t], **ref_state})
             ref_state = {n: v for n, v in zip(self.plan.state_names, r[1:])}
             y = self.step(xs[t])
             got = [y] + [s for s in self._state]
