@@ -619,7 +619,7 @@ def load_library() -> tuple[ctypes.CDLL, str]:
         key = hashlib.sha256(src + "\0".join([cc, platform.machine(), _host_id(), *flags]).encode()).hexdigest()[:20]
         so = cache_dir() / f"edgessm_fused_{key}.so"
         lib, how = None, "cached"
-        if so.exists():
+        if so.exists() and _trusted(so):
             try:
                 lib = ctypes.CDLL(str(so))
             except OSError:  # a damaged cache entry: build it again
@@ -651,6 +651,19 @@ def load_library() -> tuple[ctypes.CDLL, str]:
         _LIB[key0] = out
         return out
     raise FusedUnavailable("C build failed: " + "; ".join(errors)[:300])
+
+
+def _trusted(path: Path) -> bool:
+    """Load a cached library only if this user owns it and its folder, and neither is world-writable:
+    loading a shared object runs its code."""
+    try:
+        for p in (path, path.parent):
+            st = p.stat()
+            if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o002:
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def _host_id() -> str:
