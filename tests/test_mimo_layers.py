@@ -16,7 +16,7 @@ from edgessm.mimo import MimoSSM
 from edgessm.reduce.mimo_bt import mimo_balanced_truncation
 from edgessm.model import SSMModel, layer_systems, with_mimo_systems
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIX = Path(__file__).parent / "data"  # copies of the reference fixtures (tests/data/README.md)
 
 
 def _run_steps(layer, u):
