@@ -146,7 +146,29 @@ def main(argv=None) -> dict:
     tmp = Path(a.json).with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, a.json)
+    print(table(result))
     return result
+
+
+def table(result: dict) -> str:
+    """The markdown table of docs/results.md: per seed, then the mean over seeds (accuracies in %)."""
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| seed | tau | full (256) | in-training reduction: final size (schedule) | accuracy | trained small "
+             "from scratch | BT of full, no retraining | BT of full + main training | real-map error: complex-map "
+             "BT / real-map BT |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = result["rows"]
+    for t in rows[0]["taus"]:
+        for r in rows:
+            d = r["taus"][t]
+            lines.append(f"| {r['seed']} | {t}% | {pct(r['full'])} | {d['size']} ({' -> '.join(map(str, d['schedule']))}) "
+                         f"| {pct(d['it'])} | {pct(d['small'])} | {pct(d['bt'])} | {pct(d['btft'])} "
+                         f"| {d['rvc']['complex_map']:.3f} / {d['rvc']['real_map']:.3f} |")
+        m = lambda k: sum(r["taus"][t][k] for r in rows) / len(rows)  # noqa: E731
+        lines.append(f"| mean | {t}% | {pct(sum(r['full'] for r in rows) / len(rows))} | {m('size'):.1f} | "
+                     f"**{pct(m('it'))}** | **{pct(m('small'))}** | {pct(m('bt'))} | **{pct(m('btft'))}** | "
+                     f"{sum(r['taus'][t]['rvc']['complex_map'] for r in rows) / len(rows):.3f} / "
+                     f"{sum(r['taus'][t]['rvc']['real_map'] for r in rows) / len(rows):.3f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
