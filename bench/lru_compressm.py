@@ -133,8 +133,7 @@ def main(argv=None) -> dict:
                 "small": r2[(s, f"small{t}")]["test"], "small_s": r2[(s, f"small{t}")]["wall_s"],
                 "bt": bt["eval"]["accuracy"], "bt_bounds_hold": bt["compress"]["bounds_hold"],
                 "btft": bt["finetune"]["test"], "btft_s": bt["finetune"]["wall_s"],
-                "rvc": [r for r in r2[(s, "rvc")]["rows"] if r["r"] == n][0]
-                if isinstance(r2[(s, "rvc")], dict) else [r for r in r2[(s, "rvc")] if r["r"] == n][0],
+                "rvc": next(r for r in r2[(s, "rvc")] if r["r"] == n),  # the bench's --json: a list of rows
             }
         rows.append(row)
         print(json.dumps({"seed": s, "full": row["full"],
