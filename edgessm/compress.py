@@ -345,30 +345,35 @@ def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]
     """
     from .model import is_mimo
 
-    if is_mimo(model.config):
-        from .compress_mimo import in_training_mimo
+    if is_mimo(model.config):  # LRU / S5: one MIMO system per layer (compress_mimo.py)
+        from .compress_mimo import in_training_mimo_reduce
+        from .model import layer_systems, with_mimo_systems
 
-        return in_training_mimo(model, cfg)
-    systems = diagonal_systems(model)
+        systems, rebuild, reduce = layer_systems(model), with_mimo_systems, in_training_mimo_reduce(model, cfg)
+    else:
+        systems, rebuild = diagonal_systems(model), with_diagonal_systems
+        reduce = lambda sys, i, warnings, **sel: reduce_layer(sys, horizon=cfg.reduce_horizon, layer=i, **sel)  # noqa: E731
     new_systems, changed = [], []
     event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}
+    warnings: list[str] = []
     for i, sys in enumerate(systems):
         if cfg.reduce_rank is not None:
-            if sys.N <= cfg.reduce_rank:
-                new_systems.append(sys)
-                continue
-            red = reduce_layer(sys, rank=int(cfg.reduce_rank), horizon=cfg.reduce_horizon, layer=i)
+            red = reduce(sys, i, warnings, rank=int(cfg.reduce_rank)) if sys.N > cfg.reduce_rank else None
         else:
-            red = reduce_layer(sys, energy=cfg.reduce_energy, horizon=cfg.reduce_horizon, layer=i)
-            if not (red.system.N <= (1.0 - cfg.reduce_min_drop) * sys.N and red.system.N < sys.N):
-                new_systems.append(sys)
-                continue
+            red = reduce(sys, i, warnings, energy=cfg.reduce_energy)
+            if red is not None and not (red.system.N <= (1.0 - cfg.reduce_min_drop) * sys.N and red.system.N < sys.N):
+                red = None
+        if red is None:  # this layer stays as it is
+            new_systems.append(sys)
+            continue
         new_systems.append(red.system)
         changed.append(i)
         event["layers"].append({"layer": i, "from": sys.N, "to": int(red.system.N),
                                 "max_bound": _num(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None})
+    if warnings:
+        event["warnings"] = warnings
     if not changed:
         return model, event
-    new = with_diagonal_systems(model, new_systems)
+    new = rebuild(model, new_systems)
     new.provenance = dict(model.provenance)
     return new, event

@@ -6,16 +6,16 @@ file and the bound check are shared with the SISO path.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Callable
 
 import numpy as np
 
-from .compress import CompressSpec, LayerReport, _num
+from .compress import CompressSpec, LayerReport
 from .errors import RankError
 from .reduce.mimo_bt import mimo_balanced_truncation
 from .model import SSMModel, layer_systems, with_mimo_systems
 
-__all__ = ["compress_mimo_model", "in_training_mimo"]
+__all__ = ["compress_mimo_model", "in_training_mimo_reduce"]
 
 
 def compress_mimo_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
@@ -37,32 +37,23 @@ def compress_mimo_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, 
     return new, reports
 
 
-def in_training_mimo(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]:
-    """in_training_reducer for LRU / S5: the same rule per layer on the layer's real MIMO map (reduce/mimo_bt.py)."""
+def in_training_mimo_reduce(model: SSMModel, cfg) -> Callable:
+    """The per-layer step of compress.in_training_reducer for LRU / S5: MIMO BT of the layer's real map.
+
+    A layer no order of which re-diagonalises accurately is kept (None, with a warning): a reduction
+    point must not abort the training run.
+    """
     if cfg.reduce_horizon is not None:
         raise RankError(f"{model.config.layer} layers: in-training reduction has no horizon-aware variant; "
                         "drop --reduce-horizon")
-    new_systems, changed = [], []
-    event: dict[str, Any] = {"energy": cfg.reduce_energy, "rank": cfg.reduce_rank, "layers": []}
-    for i, sys in enumerate(layer_systems(model)):
-        if cfg.reduce_rank is not None:
-            if sys.N <= cfg.reduce_rank:
-                new_systems.append(sys)
-                continue
-            red = mimo_balanced_truncation(sys, int(cfg.reduce_rank), measure=False, layer=i)
-        else:
-            try:
-                red = mimo_balanced_truncation(sys, energy=cfg.reduce_energy, measure=False, layer=i)
-            except RankError as e:  # no order re-diagonalises accurately: keep the layer, do not abort training
-                event.setdefault("warnings", []).append(str(e))
-                new_systems.append(sys)
-                continue
-            if not (red.system.N <= (1.0 - cfg.reduce_min_drop) * sys.N and red.system.N < sys.N):
-                new_systems.append(sys)
-                continue
-        new_systems.append(red.system)
-        changed.append(i)
-        event["layers"].append({"layer": i, "from": sys.N, "to": int(red.system.N), "max_bound": _num(red.bound[0])})
-    if not changed:
-        return model, event
-    return with_mimo_systems(model, new_systems), event
+
+    def reduce(sys, i: int, warnings: list[str], **selector):
+        try:
+            return mimo_balanced_truncation(sys, measure=False, layer=i, **selector)
+        except RankError as e:
+            if "rank" in selector:
+                raise
+            warnings.append(str(e))
+            return None
+
+    return reduce
