@@ -23,10 +23,11 @@ from .reduce import (PADDING_A, Reduction, balanced_truncation, error_system, hi
 from .errors import RankError, UnstableSystemError
 from .model import SSMModel, diagonal_systems, with_diagonal_systems
 from .provenance import derive
+from .reduce.reduction import num_or_none
 from .ssm import DiagonalSSM
 
 __all__ = ["CompressSpec", "compress_model", "compress_checkpoint", "summary_table", "in_training_reducer",
-           "LayerReport", "reduce_layer"]
+           "LayerReport", "reduce_layer", "saved_reports"]
 
 METHODS = ("balanced", "modal", "random")
 
@@ -93,11 +94,6 @@ class LayerReport:
         """The one report format (Reduction.report) for the saved model: its measured error and storage bound."""
         return self.reduction.report(measured=self.measured_hinf, gain=self.gain, storage=self.storage,
                                      saved=self.system, layer=self.layer, full=full)
-
-
-def _num(v: Any) -> Optional[float]:
-    v = float(v)
-    return v if np.isfinite(v) else None
 
 
 def _resolve_horizon(spec: CompressSpec, model: SSMModel) -> Optional[int]:
@@ -185,11 +181,15 @@ def _compress_siso(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[
     reductions = [_reduce_layer(s, i, spec, horizon) for i, s in enumerate(systems)]
     new = with_diagonal_systems(model, [r.system for r in reductions])
     saved = diagonal_systems(new)
-    reports = []
-    for i, (orig, red, sv) in enumerate(zip(systems, reductions, saved)):
-        measured = hinf_norm(error_system(orig, sv))  # (H) includes the float32 rounding of the saved model
-        reports.append(LayerReport(i, red, sv, measured, hinf_norm(orig), red.system.perturbation_bound(sv)))
+    reports = saved_reports(systems, reductions, saved, lambda a, b: hinf_norm(error_system(a, b)), hinf_norm)
     return new, reports
+
+
+def saved_reports(systems: list, reductions: list[Reduction], saved: list, error_norm, gain) -> list[LayerReport]:
+    """One LayerReport per layer, measured on what is saved (float32 parameters included): error_norm(G, G_saved)
+    and gain(G), r(H) each, in the family's own H-infinity norm; the storage bound between reduced and saved."""
+    return [LayerReport(i, red, sv, error_norm(orig, sv), gain(orig), red.system.perturbation_bound(sv))
+            for i, (orig, red, sv) in enumerate(zip(systems, reductions, saved))]
 
 
 def compress_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, list[LayerReport]]:
@@ -369,7 +369,7 @@ def in_training_reducer(model: SSMModel, cfg) -> tuple[SSMModel, dict[str, Any]]
         new_systems.append(red.system)
         changed.append(i)
         event["layers"].append({"layer": i, "from": sys.N, "to": int(red.system.N),
-                                "max_bound": _num(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None})
+                                "max_bound": num_or_none(np.nanmax(red.bound)) if np.any(np.isfinite(red.bound)) else None})
     if warnings:
         event["warnings"] = warnings
     if not changed:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .compress import CompressSpec, LayerReport
+from .compress import CompressSpec, LayerReport, saved_reports
 from .errors import RankError
 from .reduce.mimo_bt import mimo_balanced_truncation
 from .model import SSMModel, layer_systems, with_mimo_systems
@@ -29,12 +29,9 @@ def compress_mimo_model(model: SSMModel, spec: CompressSpec) -> tuple[SSMModel, 
                                            tol=None if i in spec.layer_ranks else spec.tol, measure=False, layer=i)
                   for i, s in enumerate(systems)]
     new = with_mimo_systems(model, [r.system for r in reductions])
-    reports = []
-    for i, (orig, red, sv) in enumerate(zip(systems, reductions, layer_systems(new))):
-        # the MIMO H-inf norm (largest singular value over frequency) of what is saved (float32 parameters)
-        measured = np.array([orig.error_system(sv).hinf_norm()])
-        reports.append(LayerReport(i, red, sv, measured, np.array([orig.hinf_norm()]), red.system.perturbation_bound(sv)))
-    return new, reports
+    # the MIMO H-inf norm (largest singular value over frequency) of what is saved (float32 parameters)
+    return new, saved_reports(systems, reductions, layer_systems(new), lambda a, b: np.array([a.error_system(b).hinf_norm()]),
+                              lambda a: np.array([a.hinf_norm()]))
 
 
 def in_training_mimo_reduce(model: SSMModel, cfg) -> Callable:

@@ -94,22 +94,22 @@ class Reduction:
             "channel_rank_median": float(np.median(self.rank)), "channel_rank_max": int(self.rank.max()),
             "max_bound": _max(self.bound), "max_certified": _max(cert),
             "max_floor": _max(self.floor + st) if self.floor is not None else None,
-            "max_measured_hinf": None if m is None else _num(np.max(m)),
-            "max_relative_error": None if m is None or gain is None else _num(np.max(m / np.maximum(gain, 1e-300))),
+            "max_measured_hinf": None if m is None else num_or_none(np.max(m)),
+            "max_relative_error": None if m is None or gain is None else num_or_none(np.max(m / np.maximum(gain, 1e-300))),
             "certified": bool(claimed.all()),
             # never "holds" for a method that claims no bound (modal, random, horizon-aware channels)
             "bound_holds": None if m is None or not claimed.any() else bool(np.all(np.where(claimed, m <= cert, True))),
             "warnings": list(self.warnings) + self._report_warnings(m, gain, st, sy, layer),
         }
         if self.horizon_error is not None:
-            d["max_horizon_error"] = _num(np.max(self.horizon_error))
+            d["max_horizon_error"] = num_or_none(np.max(self.horizon_error))
         if full:
-            lst = lambda x: None if x is None else [_num(v) for v in np.asarray(x, float)]  # noqa: E731
+            lst = lambda x: None if x is None else [num_or_none(v) for v in np.asarray(x, float)]  # noqa: E731
             d["channels"] = {
                 "rank": self.rank.tolist(), "order": self.order.tolist(), "full_order": self.full_order.tolist(),
                 "bound": lst(self.bound), "floor": lst(None if self.floor is None else self.floor + st),
                 "certified": lst(cert), "measured_hinf": lst(m), "gain": lst(gain),
-                "hsv": [[_num(v) for v in row[: max(1, int(n))]] for row, n in zip(self.hsv, self.full_order)],
+                "hsv": [[num_or_none(v) for v in row[: max(1, int(n))]] for row, n in zip(self.hsv, self.full_order)],
             }
             if self.horizon_error is not None:
                 d["channels"]["horizon_error"] = lst(self.horizon_error)
@@ -134,13 +134,14 @@ class Reduction:
         return out
 
 
-def _num(v: Any) -> float | None:
+def num_or_none(v: Any) -> float | None:
+    """A finite float, or None for NaN/Inf (JSON reports: null where no number exists)."""
     v = float(v)
     return v if np.isfinite(v) else None
 
 
 def _max(x: np.ndarray | None) -> float | None:
-    return None if x is None or not np.any(np.isfinite(x)) else _num(np.nanmax(x))
+    return None if x is None or not np.any(np.isfinite(x)) else num_or_none(np.nanmax(x))
 
 
 def where(layer: object | None) -> str:
