@@ -1,18 +1,26 @@
-"""CompreSSM's claims on the LRU at CompreSSM's single-block sMNIST shape (N = 256, H = 8), on mnist1d.
+"""CompreSSM's claims on the LRU at CompreSSM's single-block sMNIST shape (N = 256, H = 8), on mnist1d or delay.
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/lru_compressm.py --seeds 0 1 2 --jobs 2 \
-        --epochs 15 --workdir /tmp/lruexp --json docs/data/lru_compressm.json
+        --epochs 25 --workdir /tmp/lruexp/run25 --json docs/data/lru_compressm.json
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/lru_compressm.py --task delay --norm none \
+        --pooling none --seeds 0 1 2 --jobs 2 --epochs 25 --workdir /tmp/lruexp/delay \
+        --json docs/data/lru_compressm_delay.json
 
-Arms per seed, all through the `edgessm` CLI (one block, CompreSSM's block: BatchNorm, LRU, tanh GELU):
+Arms per seed, all through the `edgessm` CLI (one block, CompreSSM's block: BatchNorm (or --norm), LRU, tanh GELU):
   full         trained at d_state 256
   it<tau>      in-training reduction with CompreSSM's rule: keep 1 - tau of the Hankel energy, reduce
                only when the new size < 0.95 n, at evaluation points in the first --reduce-until of training
   small<tau>   trained from scratch at it<tau>'s final size, same epochs
+  small<tau>x2 the same with twice the epochs: the compute-matched control for btft<tau>
   bt<tau>      BT of `full` to that size (`edgessm compress`), no retraining
   btft<tau>    the same + main training (`edgessm finetune`, same epochs as the small arm; Ezoe & Sato 2024)
+  it<tau>-index, it<tau>-reset   it<tau> at --moments-tau with the reduced layers' Adam moments cut by index
+               (CompreSSM's practice) or every moment restarted, beside edgessm's default (restart only the
+               reshaped parameters' moments)
   rvc          real-map balancing (edgessm) vs complex-map balancing (CompreSSM's code) on `full` at
                those sizes (bench/mimo_real_vs_complex.py)
-Every arm writes its JSON into the workdir; an arm whose JSON exists is not rerun (resumable).
+Every arm writes its JSON into the workdir; an arm whose JSON exists is not rerun (resumable). The score
+is the task's metric: test accuracy (mnist1d, higher is better) or test MSE (delay, lower is better).
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TAUS = (0.01, 0.02, 0.04)
+MOMENT_MODES = ("index", "reset")  # beside the default "fresh" (edgessm.config.TrainConfig.reduce_moments)
 
 
 def _edgessm() -> list[str]:
@@ -64,17 +73,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--d-state", type=int, default=256)
     ap.add_argument("--d-model", type=int, default=8)
     ap.add_argument("--reduce-until", type=float, default=0.2)
+    ap.add_argument("--task", default="mnist1d")
+    ap.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--norm", default="batch")
+    ap.add_argument("--pooling", default="mean")
+    ap.add_argument("--moments-tau", type=float, default=0.02, help="the tau of the Adam-moment arms (0: none)")
     ap.add_argument("--workdir", default="/tmp/lruexp")
     ap.add_argument("--json", default=str(HERE.parent / "docs" / "data" / "lru_compressm.json"))
     a = ap.parse_args(argv)
     W = Path(a.workdir)
     W.mkdir(parents=True, exist_ok=True)
     E = _edgessm()
-    base = ["--task", "mnist1d", "--layer", "lru", "--norm", "batch", "--activation", "gelu_tanh",
-            "--d-model", str(a.d_model), "--n-layers", "1", "--epochs", str(a.epochs), "--quiet", "--json"]
+    task = ["--task", a.task, *[x for o in a.task_option for x in ("--task-option", o)]]
+    model = ["--layer", "lru", "--norm", a.norm, "--activation", "gelu_tanh", "--pooling", a.pooling,
+             "--d-model", str(a.d_model), "--n-layers", "1"]
+    base = [*task, *model, "--quiet", "--json"]
+    epochs = lambda k: ["--epochs", str(k * a.epochs)]  # noqa: E731
     tag = lambda tau: f"{round(tau * 100)}"  # noqa: E731
 
     def train(seed, name, extra):
+        extra = extra if "--epochs" in extra else [*epochs(1), *extra]
         return _run(E + ["train", *base, "--seed", str(seed), *extra, "-o", str(W / f"s{seed}-{name}.safetensors")],
                     W / f"s{seed}-{name}.json")
 
@@ -83,8 +101,12 @@ def main(argv=None) -> dict:
     for s in a.seeds:
         jobs1.append((s, "full", ["--d-state", str(a.d_state)]))
         for tau in TAUS:
-            jobs1.append((s, f"it{tag(tau)}", ["--d-state", str(a.d_state), "--reduce-energy", f"{1 - tau:g}",
-                                               "--reduce-until", f"{a.reduce_until:g}", "--reduce-min-drop", "0.05"]))
+            it = ["--d-state", str(a.d_state), "--reduce-energy", f"{1 - tau:g}",
+                  "--reduce-until", f"{a.reduce_until:g}", "--reduce-min-drop", "0.05"]
+            jobs1.append((s, f"it{tag(tau)}", it))
+            if abs(tau - a.moments_tau) < 1e-12:
+                for mode in MOMENT_MODES:
+                    jobs1.append((s, f"it{tag(tau)}-{mode}", [*it, "--reduce-moments", mode]))
     with ThreadPoolExecutor(a.jobs) as ex:
         r1 = dict(zip([(s, n) for s, n, _ in jobs1], ex.map(lambda j: train(*j), jobs1)))
 
@@ -93,8 +115,8 @@ def main(argv=None) -> dict:
         full = W / f"s{s}-full.safetensors"
         bt = W / f"s{s}-bt{tag(tau)}.safetensors"
         c = _run(E + ["compress", str(full), "--rank", str(n), "-o", str(bt), "--json"], W / f"s{s}-bt{tag(tau)}-c.json")
-        e = _run(E + ["eval", str(bt), "--task", "mnist1d", "--json"], W / f"s{s}-bt{tag(tau)}-e.json")
-        ft = _run(E + ["finetune", str(bt), "--task", "mnist1d", "--epochs", str(a.epochs), "--seed", str(s),
+        e = _run(E + ["eval", str(bt), *task, "--json"], W / f"s{s}-bt{tag(tau)}-e.json")
+        ft = _run(E + ["finetune", str(bt), *task, *epochs(1), "--seed", str(s),
                        "-o", str(W / f"s{s}-btft{tag(tau)}.safetensors"), "--quiet", "--json"],
                   W / f"s{s}-btft{tag(tau)}.json")
         return {"compress": c, "eval": e, "finetune": ft}
@@ -114,6 +136,8 @@ def main(argv=None) -> dict:
         sizes = {tau: _final_size(r1[(s, f"it{tag(tau)}")]) for tau in TAUS}
         for tau, n in sizes.items():
             jobs2.append(((s, f"small{tag(tau)}"), lambda s=s, tau=tau, n=n: train(s, f"small{tag(tau)}", ["--d-state", str(n)])))
+            jobs2.append(((s, f"small{tag(tau)}x2"),
+                          lambda s=s, tau=tau, n=n: train(s, f"small{tag(tau)}x2", ["--d-state", str(n), *epochs(2)])))
             jobs2.append(((s, f"bt{tag(tau)}"), lambda s=s, tau=tau, n=n: bt_arm(s, tau, n)))
         jobs2.append(((s, "rvc"), lambda s=s, r=sorted(set(sizes.values()), reverse=True): rvc_arm(s, r)))
     with ThreadPoolExecutor(a.jobs) as ex:
@@ -122,6 +146,7 @@ def main(argv=None) -> dict:
     rows = []
     for s in a.seeds:
         row = {"seed": s, "full": r1[(s, "full")]["test"], "full_s": r1[(s, "full")]["wall_s"], "taus": {}}
+        metric = r1[(s, "full")]["metric"]  # "accuracy" or "mse": the key of `edgessm eval --json`
         for tau in TAUS:
             t = tag(tau)
             it = r1[(s, f"it{t}")]
@@ -131,15 +156,22 @@ def main(argv=None) -> dict:
                 "size": n, "schedule": [ev["ranks"][0] for ev in it["rank_schedule"]],
                 "it": it["test"], "it_s": it["wall_s"],
                 "small": r2[(s, f"small{t}")]["test"], "small_s": r2[(s, f"small{t}")]["wall_s"],
-                "bt": bt["eval"]["accuracy"], "bt_bounds_hold": bt["compress"]["bounds_hold"],
+                "small2x": r2[(s, f"small{t}x2")]["test"], "small2x_s": r2[(s, f"small{t}x2")]["wall_s"],
+                "bt": bt["eval"][metric], "bt_bounds_hold": bt["compress"]["bounds_hold"],
                 "btft": bt["finetune"]["test"], "btft_s": bt["finetune"]["wall_s"],
                 "rvc": next(r for r in r2[(s, "rvc")] if r["r"] == n),  # the bench's --json: a list of rows
             }
+            for mode in MOMENT_MODES:
+                if (s, f"it{t}-{mode}") in r1:
+                    m = r1[(s, f"it{t}-{mode}")]
+                    row["taus"][t][f"it_{mode}"] = m["test"]
+                    row["taus"][t][f"it_{mode}_size"] = _final_size(m)
         rows.append(row)
         print(json.dumps({"seed": s, "full": row["full"],
-                          **{t: {k: v for k, v in d.items() if k in ("size", "it", "small", "bt", "btft")}
+                          **{t: {k: v for k, v in d.items() if k in ("size", "it", "small", "small2x", "bt", "btft")}
                              for t, d in row["taus"].items()}}))
     result = {"command": " ".join(["python", "bench/lru_compressm.py", *(argv if argv is not None else sys.argv[1:])]),
+              "task": a.task, "task_options": a.task_option, "norm": a.norm, "pooling": a.pooling, "metric": metric,
               "epochs": a.epochs, "d_state": a.d_state, "d_model": a.d_model, "reduce_until": a.reduce_until,
               "rows": rows}
     tmp = Path(a.json).with_suffix(".tmp")
@@ -150,24 +182,40 @@ def main(argv=None) -> dict:
 
 
 def table(result: dict) -> str:
-    """The markdown table of docs/results.md: per seed, then the mean over seeds (accuracies in %)."""
-    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| seed | tau | full (256) | in-training reduction: final size (schedule) | accuracy | trained small "
-             "from scratch | BT of full, no retraining | BT of full + main training | real-map error: complex-map "
-             "BT / real-map BT |", "|---|---|---|---|---|---|---|---|---|"]
+    """The markdown tables of docs/results.md: per seed, then the mean over seeds (accuracy in %, or MSE)."""
+    acc = result.get("metric", "accuracy") == "accuracy"
+    fmt = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.4f}")  # noqa: E731
     rows = result["rows"]
+    mean = lambda f: sum(f(r) for r in rows) / len(rows)  # noqa: E731
+    lines = [f"| seed | tau | full (256) | in-training reduction: final size (schedule) | {'accuracy' if acc else 'MSE'} "
+             "| trained small from scratch | same, 2x epochs | BT of full, no retraining | BT of full + main training "
+             "| real-map error: complex-map BT / real-map BT |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in rows[0]["taus"]:
         for r in rows:
             d = r["taus"][t]
-            lines.append(f"| {r['seed']} | {t}% | {pct(r['full'])} | {d['size']} ({' -> '.join(map(str, d['schedule']))}) "
-                         f"| {pct(d['it'])} | {pct(d['small'])} | {pct(d['bt'])} | {pct(d['btft'])} "
+            lines.append(f"| {r['seed']} | {t}% | {fmt(r['full'])} | {d['size']} ({' -> '.join(map(str, d['schedule']))}) "
+                         f"| {fmt(d['it'])} | {fmt(d['small'])} | {fmt(d['small2x'])} | {fmt(d['bt'])} | {fmt(d['btft'])} "
                          f"| {d['rvc']['complex_map']:.3f} / {d['rvc']['real_map']:.3f} |")
-        m = lambda k: sum(r["taus"][t][k] for r in rows) / len(rows)  # noqa: E731
-        lines.append(f"| mean | {t}% | {pct(sum(r['full'] for r in rows) / len(rows))} | {m('size'):.1f} | "
-                     f"**{pct(m('it'))}** | **{pct(m('small'))}** | {pct(m('bt'))} | **{pct(m('btft'))}** | "
-                     f"{sum(r['taus'][t]['rvc']['complex_map'] for r in rows) / len(rows):.3f} / "
-                     f"{sum(r['taus'][t]['rvc']['real_map'] for r in rows) / len(rows):.3f} |")
+        m = lambda k: mean(lambda r: r["taus"][t][k])  # noqa: E731
+        lines.append(f"| mean | {t}% | {fmt(mean(lambda r: r['full']))} | {m('size'):.1f} | **{fmt(m('it'))}** "
+                     f"| **{fmt(m('small'))}** | {fmt(m('small2x'))} | {fmt(m('bt'))} | **{fmt(m('btft'))}** "
+                     f"| {m_rvc(rows, t, 'complex_map'):.3f} / {m_rvc(rows, t, 'real_map'):.3f} |")
+    moments = [t for t in rows[0]["taus"] if all(f"it_{mode}" in r["taus"][t] for r in rows for mode in MOMENT_MODES)]
+    for t in moments:
+        lines += ["", f"Adam moments of the reduced layers at tau = {t}% (final sizes in brackets):", "",
+                  "| seed | fresh (edgessm's default) | cut by index (CompreSSM) | every moment restarted |",
+                  "|---|---|---|---|"]
+        for r in rows:
+            d = r["taus"][t]
+            lines.append(f"| {r['seed']} | {fmt(d['it'])} ({d['size']}) | "
+                         + " | ".join(f"{fmt(d[f'it_{mode}'])} ({d[f'it_{mode}_size']})" for mode in MOMENT_MODES) + " |")
+        lines.append("| mean | " + " | ".join(f"**{fmt(mean(lambda r: r['taus'][t][k]))}**"
+                                               for k in ("it", *(f"it_{mode}" for mode in MOMENT_MODES))) + " |")
     return "\n".join(lines)
+
+
+def m_rvc(rows: list, t: str, key: str) -> float:
+    return sum(r["taus"][t]["rvc"][key] for r in rows) / len(rows)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def _field_choices() -> dict[str, tuple[str, ...]]:
     from . import config
 
     return {"layer": config.LAYERS, "init": config.INITS, "mixing": config.MIXINGS, "pooling": config.POOLINGS,
-            "norm": config.NORMS, "activation": config.ACTIVATIONS, "encoder": config.ENDS, "decoder": config.ENDS}
+            "norm": config.NORMS, "activation": config.ACTIVATIONS, "encoder": config.ENDS, "decoder": config.ENDS,
+            "reduce_moments": config.REDUCE_MOMENTS}
 
 
 def dataclass_options(cls: type, *, skip: tuple[str, ...] = (), prefix: str = "") -> Callable:
@@ -198,7 +199,7 @@ def _parse_task_options(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 task_option = click.option("--task", required=True,
-                           help="mnist1d | listops | npz:<path> | lra-listops:<dir>")
+                           help="mnist1d | listops | delay | npz:<path> | lra-listops:<dir>")
 task_options_option = click.option("--task-option", "task_option_items", multiple=True, metavar="KEY=VALUE",
                                    help="task generator option, e.g. --task-option max_len=256 (repeatable)")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -327,7 +328,8 @@ def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:
 @task_options_option
 @out_option
 @dataclass_options(TrainConfig, prefix="t_",
-                   skip=("reduce_energy", "reduce_rank", "reduce_until", "reduce_min_drop", "reduce_horizon"))
+                   skip=("reduce_energy", "reduce_rank", "reduce_until", "reduce_min_drop", "reduce_horizon",
+                                 "reduce_moments"))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @json_option
 def finetune(model_path, task, task_option_items, output, t_overrides, quiet, as_json):

@@ -24,6 +24,8 @@ NORMS = ("layer", "batch", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "tanh", "identity")
 S5_DISCRETIZATIONS = ("zoh", "bilinear")
 ENDS = ("linear", "none")
+# what in-training reduction does with the Adam moments of the parameters it reshapes (TrainConfig)
+REDUCE_MOMENTS = ("fresh", "index", "reset")
 
 # Upper bounds are sanity limits that stop a typo or a hostile file from allocating gigabytes before
 # anything can fail; the real check of a checkpoint is against its stored tensor shapes (checkpoint.py).
@@ -239,6 +241,12 @@ class TrainConfig:
     reduce_until: float = _field(0.1, 'in-training reduction only during this first fraction of training')  # only reduce during this first fraction of training
     reduce_min_drop: float = _field(0.1, 'reduce a layer only if its new size is at least this fraction smaller')  # reduce a layer only if the new size is at least 10% smaller
     reduce_horizon: Optional[int] = _field(None, 'in-training reduction with horizon-aware Gramians of this many steps')  # horizon-aware Gramians during in-training reduction
+    # After balancing and re-diagonalisation a reduced layer's modes are new combinations of the old ones
+    # with new eigenvalues, so the old Adam moments of its parameters describe coordinates that no longer
+    # exist. "fresh": those parameters restart their moments and bias correction; every parameter the
+    # reduction left alone keeps its moments. "index": CompreSSM's practice, the old moments cut to the
+    # first r entries of each shrunk axis. "reset": a new optimiser for every parameter.
+    reduce_moments: str = _field("fresh", 'in-training reduction: Adam moments of reshaped parameters: "fresh" (restart them), "index" (cut the old ones by index, as CompreSSM does), "reset" (restart every parameter)')
 
     def validate(self) -> None:
         """Type and range of every field: they come from the command line and from checkpoint provenance."""
@@ -258,6 +266,7 @@ class TrainConfig:
             self.reduce_energy = real("train", "reduce_energy", self.reduce_energy, 0.0, 1.0, lo_open=True)
         if self.reduce_horizon is not None:
             self.reduce_horizon = integer("train", "reduce_horizon", self.reduce_horizon, 2, MAX_HORIZON)
+        self.reduce_moments = one_of("train", "reduce_moments", self.reduce_moments, REDUCE_MOMENTS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .model import SSMModel
 from .tasks import TaskData
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "build_optimizer", "predict_last"]
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "build_optimizer", "rebuild_optimizer", "predict_last"]
 
 
 @dataclass
@@ -222,7 +222,7 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
             new_model, event = reducer(model, cfg)
             if new_model is not model:
                 old_model, model = model, new_model.to(device)
-                net, opt = wrap(model), _rebuild_optimizer(opt, old_model, model, cfg)
+                net, opt = wrap(model), rebuild_optimizer(opt, old_model, model, cfg)
                 base_lrs = [cfg.lr, cfg.lr_ssm]
                 schedule.append({"epoch": epoch, "ranks": [b.ssm.N for b in model.blocks], **event})
                 best["score"] = -math.inf  # compare only models of the current size from here on
@@ -257,14 +257,27 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
     return TrainResult(best_model, best["epoch"], best["score"], test, history, schedule, time.time() - t0)
 
 
-def _rebuild_optimizer(old: torch.optim.Optimizer, old_model: SSMModel, model: SSMModel,
+def rebuild_optimizer(old: torch.optim.Optimizer, old_model: SSMModel, model: SSMModel,
                        cfg: TrainConfig) -> torch.optim.Optimizer:
-    """A fresh AdamW for the new shapes; Adam moments of parameters whose name and shape are unchanged are kept."""
+    """A fresh AdamW for the new shapes, carrying over old Adam state as ``cfg.reduce_moments`` says.
+
+    Parameters whose name and shape are unchanged keep their state ("fresh" and "index"). A reshaped
+    parameter starts fresh ("fresh"; its step count restarts, so Adam's bias correction treats its new
+    moments as new), or takes the old moments' leading entries along every axis that shrank ("index",
+    CompreSSM's practice) with the old step count. "reset" carries nothing.
+    """
     new = build_optimizer(model, cfg)
+    if cfg.reduce_moments == "reset":
+        return new
     old_params = dict(old_model.named_parameters())
     for name, p in model.named_parameters():
         q = old_params.get(name)
-        if q is not None and q.shape == p.shape and q in old.state:
+        if q is None or q not in old.state or q.dim() != p.dim():
+            continue
+        if q.shape == p.shape:
             new.state[p] = old.state[q]
+        elif cfg.reduce_moments == "index" and all(b <= a for a, b in zip(q.shape, p.shape)):
+            cut = tuple(slice(0, b) for b in p.shape)
+            new.state[p] = {k: (v[cut].clone() if torch.is_tensor(v) and v.shape == q.shape else v)
+                            for k, v in old.state[q].items()}
     return new
-

@@ -2,6 +2,7 @@
 
     load_task("mnist1d")                    MNIST-1D, generated locally (Greydanus 2020)
     load_task("listops", max_len=512)       ListOps, our generator of the LRA grammar
+    load_task("delay", delay=48)            delayed recall of a noise signal (per-step regression)
     load_task("lra-listops:<dir>")          the official LRA ListOps release TSV files
     load_task("npz:<path>")                 user arrays x, y (+ x_test, y_test, lengths)
 
@@ -23,9 +24,10 @@ TASK_PATTERNS = ("npz:<path>", "lra-listops:<dir>")
 
 
 def _builtin() -> dict[str, tuple[Callable[..., TaskData], dict[str, Any]]]:
-    from . import listops, mnist1d
+    from . import delay, listops, mnist1d
 
     return {
+        "delay": (delay.load_delay, delay.OPTIONS),
         "mnist1d": (mnist1d.load_mnist1d, mnist1d.OPTIONS),
         "listops": (listops.load_listops, listops.OPTIONS),
     }
@@ -33,7 +35,7 @@ def _builtin() -> dict[str, tuple[Callable[..., TaskData], dict[str, Any]]]:
 
 def task_names() -> list[str]:
     """The built-in task names (``TASK_PATTERNS`` lists the forms that take a path)."""
-    return ["listops", "mnist1d"]
+    return ["delay", "listops", "mnist1d"]
 
 
 def _check_options(label: str, options: dict[str, Any], allowed: dict[str, Any]) -> None:
