@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -62,9 +63,11 @@ def main(argv=None) -> dict:
             rm = red.measured_hinf[0] / gain
             rows.append({"layer": i, "r": r, "complex_map": cm, "real_map": rm, "bound": red.bound[0] / gain})
             print(f"| {i} | {r} | {cm:.3g} | {rm:.3g} | {red.bound[0] / gain:.3g} |")
-    if a.json:
-        with open(a.json, "w") as f:
+    if a.json:  # temp file + rename: a killed run leaves no half-written JSON for a resuming driver to read
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(rows, f, indent=1)
+        os.replace(tmp, a.json)
     return {"rows": rows}
 
 

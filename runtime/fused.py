@@ -626,15 +626,20 @@ def load_library() -> tuple[ctypes.CDLL, str]:
                 lib = None
         if lib is None:
             err, so = _compile(cc, flags, src, so)
-            if err:
-                errors.append(err)
-                continue
-            how = "built"
+            private = so.parent != cache_dir()  # the cache was not writable: a temporary folder of our own
+            how = "built" if not private else "built (cache not writable)"
             try:
-                lib = ctypes.CDLL(str(so))
-            except OSError as e:
-                errors.append(f"cannot load {so}: {e}")
-                continue
+                if err:
+                    errors.append(err)
+                    continue
+                try:
+                    lib = ctypes.CDLL(str(so))
+                except OSError as e:
+                    errors.append(f"cannot load {so}: {e}")
+                    continue
+            finally:
+                if private:  # a loaded library stays mapped once its file is gone (POSIX); elsewhere it stays
+                    shutil.rmtree(so.parent, ignore_errors=True)
         lib.esf_step.argtypes = [ctypes.c_void_p]
         lib.esf_step.restype = ctypes.c_int64
         lib.esf_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]

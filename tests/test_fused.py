@@ -376,6 +376,20 @@ def test_damaged_cache_entry_is_rebuilt_and_unwritable_cache_still_builds(tmp_pa
         assert "built" in how and str(ro) not in how
 
 
+def test_unwritable_cache_builds_in_a_temporary_folder_it_removes(tmp_path, monkeypatch):
+    import tempfile
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would go: mkdir fails, for root too")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    lib, how = load_library()
+    assert "cache not writable" in how and lib.esf_version() == 2
+    assert list(tmp.iterdir()) == []  # the temporary build folder is gone; the library stays loaded
+
+
 def test_reader_matches_onnx(tmp_path):
     import onnx
     from onnx import numpy_helper
