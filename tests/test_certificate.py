@@ -145,6 +145,21 @@ def test_api_warns_when_the_certificate_fails(monkeypatch):
     assert any("vacuous" in line for line in certificate_warnings(vac, red.measured_hinf, hinf_norm(s), None))
 
 
+def test_report_gives_one_certificate_verdict_per_channel():
+    # a result made with measure=True already carries the measurement's certificate lines; its report checks
+    # the certificate again and must not print each line twice
+    import dataclasses
+
+    from edgessm.reduce import certificate_warnings
+    s = tb.make("s4d-lin", 8, 1e-2, H=2, seed=0)
+    red = balanced_truncation(s, 3)
+    vac = dataclasses.replace(red, floor=np.full(2, 1e30))
+    vac = dataclasses.replace(vac, warnings=certificate_warnings(vac, red.measured_hinf, hinf_norm(s), 0))
+    assert len(vac.warnings) == 1 and "vacuous" in vac.warnings[0]
+    lines = vac.report(gain=hinf_norm(s), layer=0)["warnings"]
+    assert lines == vac.warnings
+
+
 def test_floor_is_negligible_on_ordinary_channels():
     # the floor must not swamp the bound where float64 is ample (S4D-Lin, dt = 1e-2): < 1e-6 of it
     s = tb.make("s4d-lin", 16, 1e-2, H=3, seed=2)

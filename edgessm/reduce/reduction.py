@@ -99,7 +99,7 @@ class Reduction:
             "certified": bool(claimed.all()),
             # never "holds" for a method that claims no bound (modal, random, horizon-aware channels)
             "bound_holds": None if m is None or not claimed.any() else bool(np.all(np.where(claimed, m <= cert, True))),
-            "warnings": list(self.warnings) + self._report_warnings(m, gain, st, sy, layer),
+            "warnings": self._own_warnings(gain, layer) + self._report_warnings(m, gain, st, sy, layer),
         }
         if self.horizon_error is not None:
             d["max_horizon_error"] = num_or_none(np.max(self.horizon_error))
@@ -114,6 +114,14 @@ class Reduction:
             if self.horizon_error is not None:
                 d["channels"]["horizon_error"] = lst(self.horizon_error)
         return d
+
+    def _own_warnings(self, gain, layer) -> list[str]:
+        """The reduction's warnings, less the certificate lines its own measurement (measure=True) made when
+        the report checks the certificate again: one verdict per channel, the report's."""
+        if gain is None or self.floor is None or self.measured_hinf is None:
+            return list(self.warnings)
+        again = set(certificate_warnings(self, self.measured_hinf, gain, layer))
+        return [w for w in self.warnings if w not in again]
 
     def _report_warnings(self, m, gain, storage, saved: DiagonalSSM, layer) -> list[str]:
         """What the numbers alone would not say: a failed or vacuous certificate, no bound, no reduction."""
