@@ -84,9 +84,12 @@ def _pole_ladders(angles: np.ndarray, width: np.ndarray, narrow: np.ndarray) -> 
     return np.clip(th[:, :, None] + wd[:, :, None] * _LADDER, 0.0, np.pi).reshape(angles.shape[0], -1)  # (h 12m)
 
 
-def _refine_peaks(s: DiagonalSSM, grid: np.ndarray, mag: np.ndarray, n_peaks: int, n_refine: int) -> np.ndarray:
-    """r(h): max |G| over the samples grid r(h F) (values mag) and zooms around their n_peaks largest local maxima."""
-    h = s.H
+def _refine_peaks(evaluate, grid: np.ndarray, mag: np.ndarray, n_peaks: int, n_refine: int) -> np.ndarray:
+    """r(h): max over the samples grid r(h F) (values mag) and zooms around their n_peaks largest local maxima.
+
+    evaluate(w r(h F')) -> r(h F'): the gain (|G| or sigma_max) of each row's system at those frequencies.
+    """
+    h = grid.shape[0]
     order = np.argsort(grid, axis=1, kind="stable")  # (h F)
     grid, mag = np.take_along_axis(grid, order, axis=1), np.take_along_axis(mag, order, axis=1)
     best = mag.max(axis=1)  # (h)
@@ -100,7 +103,7 @@ def _refine_peaks(s: DiagonalSSM, grid: np.ndarray, mag: np.ndarray, n_peaks: in
     t = np.linspace(0.0, 1.0, 9)  # (9)
     for _ in range(n_refine):
         w = lo[:, :, None] + (hi - lo)[:, :, None] * t  # (h P 9)
-        m = np.abs(frequency_response(s, w.reshape(h, -1))).reshape(w.shape)  # (h P 9)
+        m = evaluate(w.reshape(h, -1)).reshape(w.shape)  # (h P 9)
         best = np.maximum(best, m.max(axis=(1, 2)))
         j = np.argmax(m, axis=2)[:, :, None]  # (h P 1)
         step = ((hi - lo) / 8.0)[:, :, None]  # (h P 1) the new bracket is 2 spacings: / 4
@@ -109,38 +112,57 @@ def _refine_peaks(s: DiagonalSSM, grid: np.ndarray, mag: np.ndarray, n_peaks: in
     return best
 
 
+def peak_gain(evaluator, A: np.ndarray, active: np.ndarray, mag_uniform: np.ndarray, n_grid: int,
+              n_peaks: int, n_refine: int) -> np.ndarray:
+    """r(h): the H-infinity norm of h systems by one search, for SISO channels and MIMO layers alike.
+
+    evaluator(rows) -> evaluate(w r(len(rows) F)) -> r(len(rows) F): the gain of the given rows' systems
+    (|G| of a channel, or sigma_max of a MIMO layer's matrix G). A c(h N): their poles; active bool (h N):
+    the modes that reach the output; mag_uniform r(h n_grid): the gain on the uniform grid of [0, pi].
+
+    Candidates: the uniform grid plus every pole's |angle| (resonances of poles near the circle), then
+    n_refine rounds of zooming (9 points, bracket / 4) around the n_peaks largest local maxima; then, around
+    every pole narrower than the grid, a second search on samples at steps of its width
+    (``_pole_ladders``: clusters of resonances hide peaks between the poles), so that its peaks are not
+    crowded out of (or into) the grid's n_peaks. A lower estimate of the true norm, converged to about
+    (pi / n_grid) / 4^n_refine in omega, i.e. far below float64 resolution for 1 - |A| >= 1e-6.
+    """
+    h = A.shape[0]
+    uniform = np.broadcast_to(np.linspace(0.0, np.pi, n_grid), (h, n_grid))  # (h G)
+    angles = np.abs(np.angle(A))  # (h N)
+    every = np.arange(h)
+    ev = evaluator(every)
+    grid = np.concatenate([uniform, angles], axis=1)  # (h F)
+    mag = np.concatenate([mag_uniform, ev(angles)], axis=1)  # (h F)
+    best = _refine_peaks(ev, grid, mag, n_peaks, n_refine)  # (h)
+    width = -np.log(np.maximum(np.abs(A), 1e-300))  # (h N)
+    narrow = (width < np.pi / (n_grid - 1)) & active  # (h N) poles the grid does not resolve
+    rows = np.flatnonzero(narrow.any(axis=1))  # systems that have any
+    if rows.size:
+        ev_r = evaluator(rows)
+        ladders = _pole_ladders(angles[rows], width[rows], narrow[rows])  # (h' F')
+        best[rows] = np.maximum(best[rows], _refine_peaks(ev_r, ladders, ev_r(ladders), n_peaks, n_refine))
+    return best
+
+
 def hinf_norm(sys: DiagonalSSM, n_grid: int = 2049, n_peaks: int = 8, n_refine: int = 12,
               chunk: int = 128) -> np.ndarray:
-    """r(H): max over omega of |G(e^{i omega})|, on a dense grid refined around the peaks.
+    """r(H): max over omega of |G(e^{i omega})| per channel (``peak_gain``; the map is real, so omega in [0, pi]).
 
-    The map is real, so omega in [0, pi]. Grid: n_grid uniform points (``frequency_response_uniform``, an FFT, when
-    2 (n_grid - 1) is a multiple of 64; else evaluated directly) plus every mode's |angle(A)|
-    (resonances of poles near the circle) plus, around every pole narrower than the grid, samples at
-    steps of its width (``_pole_ladders``: clusters of resonances hide peaks between the poles);
-    then n_refine rounds of zooming (9 points, bracket / 4)
-    around the n_peaks largest local maxima of the grid. A lower estimate of the true norm, converged to about
-    (pi / n_grid) / 4^n_refine in omega, i.e. far below float64 resolution for 1 - |A| >= 1e-6.
-    Chunks of channels run on parallel.threads() threads.
+    The uniform grid is ``frequency_response_uniform`` (an FFT) when 2 (n_grid - 1) is a multiple of 64,
+    else evaluated directly. Chunks of channels run on parallel.threads() threads.
     """
     def part(sl: slice) -> np.ndarray:
         s = sys.channel(sl)
-        h = s.H
-        uniform = np.broadcast_to(np.linspace(0.0, np.pi, n_grid), (h, n_grid))  # (h G)
-        G_u = frequency_response_uniform(s, n_grid) if (2 * (n_grid - 1)) % 64 == 0 else frequency_response(s, uniform)  # (h G)
-        angles = np.abs(np.angle(s.A))  # (h N)
-        grid = np.concatenate([uniform, angles], axis=1)  # (h F)
-        mag = np.abs(np.concatenate([G_u, frequency_response(s, angles)], axis=1))  # (h F)
-        best = _refine_peaks(s, grid, mag, n_peaks, n_refine)  # (h)
-        # clusters of narrow resonances: a second search on the poles' own width-resolved samples, so
-        # its peaks are not crowded out of (or into) the grid's n_peaks
-        width = -np.log(np.maximum(np.abs(s.A), 1e-300))  # (h N)
-        narrow = (width < np.pi / (n_grid - 1)) & s.active_modes()  # (h N) poles the grid does not resolve
-        rows = np.flatnonzero(narrow.any(axis=1))  # channels that have any
-        if rows.size:
-            sr = s.channel(rows)
-            ladders = _pole_ladders(angles[rows], width[rows], narrow[rows])  # (h' F')
-            best[rows] = np.maximum(best[rows], _refine_peaks(sr, ladders, np.abs(frequency_response(sr, ladders)), n_peaks, n_refine))
-        return best
+        if (2 * (n_grid - 1)) % 64 == 0:
+            G_u = frequency_response_uniform(s, n_grid)  # (h G)
+        else:
+            G_u = frequency_response(s, np.broadcast_to(np.linspace(0.0, np.pi, n_grid), (s.H, n_grid)))
+
+        def evaluator(rows):
+            sr = s if rows.size == s.H else s.channel(rows)
+            return lambda w: np.abs(frequency_response(sr, w))
+        return peak_gain(evaluator, s.A, s.active_modes(), np.abs(G_u), n_grid, n_peaks, n_refine)
 
     return np.concatenate(map_chunks(part, sys.H, chunk)) if sys.H else np.zeros(0)
 
