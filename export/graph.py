@@ -219,28 +219,28 @@ def _ssm_chunk(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T: int
     return g.op("Transpose", [yT], perm=[0, 2, 1])                            # (B T H)
 
 
-MIMO_CHUNK_SSM_NODES = 17  # nodes of one LRU / S5 layer in the chunk graph (_ssm_chunk_mimo)
+MIMO_CHUNK_SSM_NODES = 16  # nodes of one LRU / S5 layer in the chunk graph (_ssm_chunk_mimo)
 
 
 def _ssm_chunk_mimo(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T: int) -> str:
-    """LRU / S5: z r(B T H) f32, X r(B 2P) -> y r(B T H) (17 nodes; lowering.mimo_chunk_matrices).
+    """LRU / S5: z r(B T H) f32, X r(B 2P) -> y r(B T H) (16 nodes; lowering.mimo_chunk_matrices).
 
-    B u_j for all steps in one MatMul, the recurrence over the chunk as one batched MatMul per mode (the
-    T-step causal map of the diagonal a: P (2T+2)^2 weights) on [x0 | B u_0..B u_{T-1}], then the readout
-    of every updated state x_t in one MatMul over [x_t | z_t]. A dense (T H)^2 Toeplitz map of z -> y
+    B u_j for all steps in one MatMul, the recurrence over the chunk as one MatMul batched over the 2P state
+    rows (the T-step causal map of the diagonal a: P (2T+2)^2 weights) on [x0 | B u_0..B u_{T-1}] and its
+    [Im | Re] swap, then the readout of every updated state x_t in one MatMul over [x_t | z_t]. The two
+    Transposes are 3-d ((B T+1 2P) <-> (2P B T+1)): onnxruntime's CPU Transpose of the same data as 4-d
+    (modes and Re/Im on separate axes) cost 3 to 6x more (bench/mimo_chunk_latency.py, docs/mimo.md). A dense (T H)^2 Toeplitz map of z -> y
     would hold (T H / 2)^2 / P times more weights (64x at H = P = 64, T = 32) for the same exact result.
     """
     P, H = blk.ssm.N, blk.ssm.D.shape[0]
     c = mimo_chunk_matrices(blk.ssm, T)
     U = g.op("Add", [g.op("MatMul", [z, g.const(c["Bm"], name="B")]), g.const(c["bu"], name="b")])  # (B T 2P)
     V = g.op("Concat", [g.op("Unsqueeze", [X, g.ints([1])]), U], axis=1)          # (B T+1 2P) [x0 | B u_j]
-    V = g.op("Reshape", [V, g.ints([-1, T + 1, 2, P])])                           # (B T+1 2 P)
-    V = g.op("Transpose", [V], perm=[3, 0, 2, 1])                                 # (P B 2 T+1)
-    V = g.op("Reshape", [V, g.ints([P, -1, 2 * T + 2])])                          # (P B 2T+2) [Re v | Im v]
-    W = g.op("MatMul", [V, g.const(c["L"], name="L")])                            # (P B 2T+2) [x_t.. delta]
-    W = g.op("Reshape", [W, g.ints([P, -1, 2, T + 1])])                           # (P B 2 T+1)
-    W = g.op("Transpose", [W], perm=[1, 3, 2, 0])                                 # (B T+1 2 P)
-    W = g.op("Reshape", [W, g.ints([-1, T + 1, 2 * P])])                          # (B T+1 2P)
+    V = g.op("Transpose", [V], perm=[2, 0, 1])                                    # (2P B T+1) rows [Re | Im]
+    Vr, Vi = g.op("Split", [V, g.ints([P, P])], n_out=2, axis=0)
+    V = g.op("Concat", [V, g.op("Concat", [Vi, Vr], axis=0)], axis=2)             # (2P B 2T+2) [v | swap v]
+    W = g.op("MatMul", [V, g.const(c["L"], name="L")])                            # (2P B T+1) [x_t.. | delta]
+    W = g.op("Transpose", [W], perm=[1, 2, 0])                                    # (B T+1 2P)
     Xs, d = g.op("Split", [W, g.ints([T, 1])], n_out=2, axis=1)                   # (B T 2P), (B 1 2P)
     g.op("Add", [X, g.op("Reshape", [d, g.ints([-1, 2 * P])])], out=X_out)        # delta form over the chunk
     XZ = g.op("Concat", [Xs, z], axis=2)                                          # (B T 2P+H)

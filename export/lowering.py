@@ -386,14 +386,16 @@ def mimo_chunk_matrices(p: MimoSSMParams, T: int) -> dict[str, np.ndarray]:
     With u_j = scale * z_j + shift (the folded BatchNorm) and v = [x0, B u_0, .., B u_{T-1}] c(T+1) per mode:
 
         U     = z @ Bm + bu                 Bm r(H 2P), bu r(2P): [Re | Im] of B u_j          (B T 2P)
-        w     = v @ G per mode              G c(P T+1 T+1), on [Re v | Im v] as L r(P 2T+2 2T+2)
+        w     = v @ G per mode              G c(P T+1 T+1), as L r(2P 2T+2 T+1) on [v | swap v] (below)
               w_t = x_t = a^{t+1} x0 + sum_{j<=t} a^{t-j} B u_j      (t < T: every updated state)
               w_T = delta = (a^T - 1) x0 + sum_j a^{T-1-j} B u_j    (x_{T-1} = x0 + delta, the delta form)
         y_t   = [x_t | z_t] @ R + by        R r(2P+H H), by r(H): c Re(C x_t) + D u_t (output reads x_t)
 
     Every power a^l = exp(l log a) and a^T - 1 = expm1(T log a) is formed in complex128 from the exact log
     (no repeated multiplication, no 1 - |a|^T cancellation for slow modes) and rounded once when stored.
-    Row-vector convention on [Re | Im] blocks: L = [[Re G, Im G], [-Im G, Re G]].
+    The complex product per mode is one real batched MatMul over the 2P rows r of the state (as the step's
+    elementwise form): row r < P (Re x_r) reads [Re v_r | Im v_r] with L_r = [Re G_r ; -Im G_r], row r = P + p
+    (Im x_p) reads [Im v_p | Re v_p] with L_r = [Re G_p ; Im G_p].
     """
     P, H = p.N, p.D.shape[0]
     logA = p.logA if p.logA is not None else np.log1p(p.A_m1)  # c(P)
@@ -404,10 +406,8 @@ def mimo_chunk_matrices(p: MimoSSMParams, T: int) -> dict[str, np.ndarray]:
     G[:, 0, T] = cexpm1(T * logA)                                                        # x0 -> delta: a^T - 1
     G[:, 1:, :T] = np.where(e >= 0, np.exp(logA[:, None, None] * np.maximum(e, 0)), 0)  # B u_j -> x_t: a^{t-j}
     G[:, 1:, T] = np.exp(logA[:, None] * (T - 1 - t))                                    # B u_j -> delta: a^{T-1-j}
-    L = np.zeros((P, 2 * T + 2, 2 * T + 2))
-    n = T + 1
-    L[:, :n, :n], L[:, :n, n:] = G.real, G.imag
-    L[:, n:, :n], L[:, n:, n:] = -G.imag, G.real
+    Gr, Gi = G.real, G.imag  # (P T+1 T+1)
+    L = np.concatenate([np.concatenate([Gr, -Gi], 1), np.concatenate([Gr, Gi], 1)], 0)  # (2P 2T+2 T+1)
     Bs = p.B * p.scale[None, :]  # (P H) B diag(scale)
     Bm = np.concatenate([Bs.real.T, Bs.imag.T], axis=1)  # (H 2P)
     bu = _stack(p.B @ p.shift)  # (2P) B shift
