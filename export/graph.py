@@ -229,8 +229,9 @@ def _ssm_chunk_mimo(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T
     rows (the T-step causal map of the diagonal a: P (2T+2)^2 weights) on [x0 | B u_0..B u_{T-1}] and its
     [Im | Re] swap, then the readout of every updated state x_t in one MatMul over [x_t | z_t]. The two
     Transposes are 3-d ((B T+1 2P) <-> (2P B T+1)): onnxruntime's CPU Transpose of the same data as 4-d
-    (modes and Re/Im on separate axes) cost 3 to 6x more (bench/mimo_chunk_latency.py, docs/mimo.md). A dense (T H)^2 Toeplitz map of z -> y
-    would hold (T H / 2)^2 / P times more weights (64x at H = P = 64, T = 32) for the same exact result.
+    (modes and Re/Im on separate axes) cost 3 to 6x more. The dense alternative, one (2P + T H)^2 Gemm with
+    the Toeplitz of H x H blocks c Re(C a^l B), computes the same map with 15x the weights and 6 to 10x the
+    latency at H = P = 64, T = 32 (bench/mimo_chunk_latency.py, docs/mimo.md).
     """
     P, H = blk.ssm.N, blk.ssm.D.shape[0]
     c = mimo_chunk_matrices(blk.ssm, T)

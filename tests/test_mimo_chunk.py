@@ -45,7 +45,8 @@ def _model(name: str, seed: int = 0) -> SSMModel:
     with torch.no_grad():
         model.train()
         for _ in range(3):  # BatchNorm running statistics away from (0, 1), so the fold is exercised
-            x = _inputs(cfg, 8, 30, seed + 1, torch_=True) if cfg.vocab_size else 2.0 * torch.randn(8, 30, cfg.d_input) + 1
+            x = (_inputs(cfg, 8, 30, seed + 1, torch_=True) if cfg.vocab_size
+                 else 2.0 * torch.randn(8, 30, cfg.d_input) + 1.0)
             model(x)
     return model.eval()
 
@@ -112,7 +113,8 @@ def exported(tmp_path_factory):
     return out
 
 
-CASES = [(n, T, "fp32") for n in MODELS for T in (1, 7, 32)] + [("lru-dense", 7, "fp16"), ("s5-mean-layernorm", 7, "fp16")]
+CASES = ([(n, T, "fp32") for n in MODELS for T in (1, 7, 32)]
+         + [("lru-dense", 7, "fp16"), ("s5-mean-layernorm", 7, "fp16")])
 
 
 @pytest.mark.parametrize("name,T,precision", CASES, ids=[f"{n}-T{T}-{p}" for n, T, p in CASES])
