@@ -1,6 +1,7 @@
 """LRU chunk graph beside its step graph (and a dense Toeplitz chunk form): nodes, bytes, CPU latency per step.
 
     OMP_NUM_THREADS=1 python bench/mimo_chunk_latency.py [--T 32 --rounds 7 --calls 100 --json out.json]
+    OMP_NUM_THREADS=1 python bench/mimo_chunk_latency.py --slow-modes   # accuracy on slow modes instead
 
 One randomly initialised 4-block LRU, H = 64 channels, P = 64 modes (CompreSSM's block: BatchNorm, GELU-tanh,
 GLU; seed 0), exported once as the step graph (target cpu, fp32) and the T-step chunk graph, both parity-checked
@@ -55,6 +56,43 @@ def _dense_chunk(g, z, X, X_out, blk, T):
     return g.op("Reshape", [y, g.ints([-1, T, H])])                             # (B T H)
 
 
+def slow_modes(T: int = 32, chunks: int = 1024) -> dict:
+    """One bare LRU layer (H = 8, P = 6, 1 - |a| in 5e-6..1e-5, phases on [0, 2 pi), seed 0) from a random
+    non-zero state over chunks * T steps: the chunk graph and the step graph (runtime, onnxruntime engine)
+    against MimoSSM.reference_recurrence (complex128); max-abs / max-ref relative errors."""
+    import torch
+
+    from edgessm.config import ModelConfig
+    from edgessm.export import export_onnx
+    from edgessm.model import SSMModel, layer_systems
+    from edgessm.runtime import StreamingSession
+
+    cfg = ModelConfig(d_input=8, d_output=8, d_model=8, n_layers=1, layer="lru", d_state=6, lru_r_min=0.99999,
+                      lru_r_max=0.999995, encoder="none", decoder="none", mixing="none", activation="identity",
+                      norm="none", residual=False, final_norm=False, pooling="none")
+    torch.manual_seed(0)
+    model = SSMModel(cfg).eval()
+    system = layer_systems(model)[0]
+    rng = np.random.default_rng(1)
+    x0 = rng.standard_normal((1, 6)) + 1j * rng.standard_normal((1, 6))  # c(B P)
+    xs = rng.standard_normal((1, chunks * T, 8)).astype(np.float32)
+    ref_y, ref_x = system.reference_recurrence(xs.astype(np.float64), x0)
+    ref_s = np.concatenate([ref_x.real, ref_x.imag], -1)
+    out = {"one_minus_abs_a": system.one_minus().tolist(), "steps": chunks * T}
+    with tempfile.TemporaryDirectory() as d:
+        res = export_onnx(model, Path(d) / "m.onnx", chunk=T, verify=False)
+        for name, chunk in ((f"chunk T={T}", res.chunk_path), ("step", None)):
+            sess = StreamingSession(res.path, provider="cpu", chunk_path=chunk, engine="onnxruntime")
+            sess.set_state({"past_state.0": np.concatenate([x0.real, x0.imag], -1).astype(np.float32)})
+            ys = sess.run(xs)
+            st = sess.get_state()["past_state.0"]
+            out[name] = {"rel_y": float(np.abs(ys - ref_y).max() / np.abs(ref_y).max()),
+                         "rel_state": float(np.abs(st - ref_s).max() / np.abs(ref_s).max())}
+            print(f"{name}: y rel {out[name]['rel_y']:.2e}, final state rel {out[name]['rel_state']:.2e} "
+                  f"over {chunks * T} steps")
+    return out
+
+
 def main(argv=None) -> dict:
     import torch
 
@@ -71,7 +109,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--json", type=str, default=None)
+    ap.add_argument("--slow-modes", action="store_true", help="the slow-mode accuracy comparison instead")
     a = ap.parse_args(argv)
+    if a.slow_modes:
+        res = slow_modes(a.T)
+        write_json(a.json, res)
+        return res
     T, H = a.T, 64
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=H, n_layers=4, layer="lru", d_state=64, norm="batch", activation="gelu_tanh")
