@@ -194,7 +194,7 @@ MAX_GRAPH_BYTES = 1 << 30
 def chunk_graph_bytes(mp: ModelParams, T: int, fp16: bool = False) -> int:
     """Weight bytes of a T-step chunk graph's SSMs and pooling sums (the parts that grow with T).
 
-    S4D / DSS layer: one (H, 2N+T, 2N+T) matrix. LRU / S5 layer: the per-mode (P, 2T+2, 2T+2) recurrence,
+    S4D / DSS layer: one (H, 2N+T, 2N+T) matrix. LRU / S5 layer: the recurrence L r(2P 2T+2 T+1) = P (2T+2)^2,
     B r(H 2P) + b r(2P) and the readout r(2P+H H) + b r(H). Mean pooling: the (T, T) causal sums. All are
     float32 in both precisions (the recurrence is float32 in fp16 graphs too), so ``fp16`` does not change
     the count; the encoder / mixing / decoder weights do not grow with T and are not counted.
