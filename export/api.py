@@ -22,7 +22,7 @@ from edgessm.runtime import fileio as _fileio
 
 from . import verify as _verify
 from .graph import MIN_OPSET, TARGETS, build_chunk_graph, build_step_graph, node_counts, state_specs
-from .lowering import ModelParams, lower_model
+from .lowering import MimoSSMParams, ModelParams, lower_model
 
 __all__ = ["export_onnx", "ExportResult", "read_metadata", "FORMAT_VERSION", "default_chunk_path"]
 
@@ -192,10 +192,22 @@ MAX_GRAPH_BYTES = 1 << 30
 
 
 def chunk_graph_bytes(mp: ModelParams, T: int, fp16: bool = False) -> int:
-    """Weight bytes of a T-step chunk graph: one (H, 2N+T, 2N+T) matrix per layer plus the (T, T) pooling sums."""
-    item = 2 if fp16 else 4
-    # a MIMO layer has no chunk graph (build_chunk_graph refuses it with the reason); count nothing for it
-    return sum(item * b.ssm.H * (2 * b.ssm.N + T) ** 2 for b in mp.blocks if hasattr(b.ssm, "H")) + 4 * T * T
+    """Weight bytes of a T-step chunk graph's SSMs and pooling sums (the parts that grow with T).
+
+    S4D / DSS layer: one (H, 2N+T, 2N+T) matrix. LRU / S5 layer: the recurrence L r(2P 2T+2 T+1) = P (2T+2)^2,
+    B r(H 2P) + b r(2P) and the readout r(2P+H H) + b r(H). Mean pooling: the (T, T) causal sums. All are
+    float32 in both precisions (the recurrence is float32 in fp16 graphs too), so ``fp16`` does not change
+    the count; the encoder / mixing / decoder weights do not grow with T and are not counted.
+    """
+    floats = 0
+    for b in mp.blocks:
+        s = b.ssm
+        if isinstance(s, MimoSSMParams):
+            P, H = s.N, s.D.shape[0]
+            floats += P * (2 * T + 2) ** 2 + H * 2 * P + 2 * P + (2 * P + H) * H + H
+        else:
+            floats += s.H * (2 * s.N + T) ** 2
+    return 4 * (floats + (T * T if mp.pooling == "mean" else 0))
 
 
 def _check_chunk_size(mp: ModelParams, T: int, fp16: bool) -> None:

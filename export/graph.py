@@ -39,7 +39,7 @@ from edgessm.errors import ExportError
 from edgessm.runtime.contract import INPUT_NAME, OUTPUT_NAME, POOL_STATE, past_state, present_state
 
 from .lowering import (BlockParams, LayerNormParams, LinearParams, MimoSSMParams, ModelParams, chunk_matrix,
-                       mimo_step_diag, mimo_step_gemms, step_elementwise, step_matrices)
+                       mimo_chunk_matrices, mimo_step_diag, mimo_step_gemms, step_elementwise, step_matrices)
 
 __all__ = ["TARGETS", "build_step_graph", "build_chunk_graph", "node_counts", "state_specs", "MIN_OPSET"]
 
@@ -219,6 +219,35 @@ def _ssm_chunk(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T: int
     return g.op("Transpose", [yT], perm=[0, 2, 1])                            # (B T H)
 
 
+MIMO_CHUNK_SSM_NODES = 16  # nodes of one LRU / S5 layer in the chunk graph (_ssm_chunk_mimo)
+
+
+def _ssm_chunk_mimo(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T: int) -> str:
+    """LRU / S5: z r(B T H) f32, X r(B 2P) -> y r(B T H) (16 nodes; lowering.mimo_chunk_matrices).
+
+    B u_j for all steps in one MatMul, the recurrence over the chunk as one MatMul batched over the 2P state
+    rows (the T-step causal map of the diagonal a: P (2T+2)^2 weights) on [x0 | B u_0..B u_{T-1}] and its
+    [Im | Re] swap, then the readout of every updated state x_t in one MatMul over [x_t | z_t]. The two
+    Transposes are 3-d ((B T+1 2P) <-> (2P B T+1)): onnxruntime's CPU Transpose of the same data as 4-d
+    (modes and Re/Im on separate axes) cost 3 to 6x more. The dense alternative, one (2P + T H)^2 Gemm with
+    the Toeplitz of H x H blocks c Re(C a^l B), computes the same map with 15x the weights and 6 to 10x the
+    latency at H = P = 64, T = 32 (bench/mimo_chunk_latency.py, docs/mimo.md).
+    """
+    P, H = blk.ssm.N, blk.ssm.D.shape[0]
+    c = mimo_chunk_matrices(blk.ssm, T)
+    U = g.op("Add", [g.op("MatMul", [z, g.const(c["Bm"], name="B")]), g.const(c["bu"], name="b")])  # (B T 2P)
+    V = g.op("Concat", [g.op("Unsqueeze", [X, g.ints([1])]), U], axis=1)          # (B T+1 2P) [x0 | B u_j]
+    V = g.op("Transpose", [V], perm=[2, 0, 1])                                    # (2P B T+1) rows [Re | Im]
+    Vr, Vi = g.op("Split", [V, g.ints([P, P])], n_out=2, axis=0)
+    V = g.op("Concat", [V, g.op("Concat", [Vi, Vr], axis=0)], axis=2)             # (2P B 2T+2) [v | swap v]
+    W = g.op("MatMul", [V, g.const(c["L"], name="L")])                            # (2P B T+1) [x_t.. | delta]
+    W = g.op("Transpose", [W], perm=[1, 2, 0])                                    # (B T+1 2P)
+    Xs, d = g.op("Split", [W, g.ints([T, 1])], n_out=2, axis=1)                   # (B T 2P), (B 1 2P)
+    g.op("Add", [X, g.op("Reshape", [d, g.ints([-1, 2 * P])])], out=X_out)        # delta form over the chunk
+    XZ = g.op("Concat", [Xs, z], axis=2)                                          # (B T 2P+H)
+    return g.op("Add", [g.op("MatMul", [XZ, g.const(c["R"], name="R")]), g.const(c["by"], name="b")])  # (B T H)
+
+
 # ---- whole graphs --------------------------------------------------------------------------------
 def state_specs(mp: ModelParams) -> list[tuple[str, list[int], str]]:
     """(suffix, shape without batch, layout) of every state, in graph order."""
@@ -330,17 +359,17 @@ def build_step_graph(mp: ModelParams, target: str = "cpu", fp16: bool = False, o
 
 def build_chunk_graph(mp: ModelParams, T: int, fp16: bool = False, opset: int = MIN_OPSET,
                       target: str = "cpu") -> onnx.ModelProto:
-    """The T-step chunk graph: the same states, the SSM of each layer as one (2N+T)-square contraction."""
+    """The T-step chunk graph: the same states; an S4D / DSS layer's SSM as one (2N+T)-square contraction per
+    channel, an LRU / S5 layer's as one (2T+2)-square contraction per mode between two MatMuls."""
     _check(mp, target, opset)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ExportError(f"chunk length {T!r} must be a positive integer")
-    if any(isinstance(b.ssm, MimoSSMParams) for b in mp.blocks):
-        raise ExportError("the chunk graph is not available for LRU / S5 models yet; export the step graph "
-                          "(leave out --chunk)")
     T = int(T)
     g = _Builder(fp16, opset)
 
     def ssm(g, z, X, X_out, blk):
+        if isinstance(blk.ssm, MimoSSMParams):
+            return _ssm_chunk_mimo(g, z, X, X_out, blk, T)
         return _ssm_chunk(g, z, X, X_out, blk, T)
 
     h = _blocks(g, mp, _encode(g, mp, rank2=False), ssm, rank2=False)        # (B T H)

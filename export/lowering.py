@@ -39,6 +39,7 @@ from edgessm.ssm import DiagonalSSM, cexpm1
 
 __all__ = ["LayerNormParams", "LinearParams", "SSMParams", "MimoSSMParams", "BlockParams", "ModelParams",
            "lower_model", "step_elementwise", "step_matrices", "mimo_step_gemms", "mimo_step_diag", "chunk_matrix",
+           "mimo_chunk_matrices",
            "cexpm1"]
 
 
@@ -84,6 +85,7 @@ class MimoSSMParams:
     factor: float      # y = factor Re(C x) + D u
     scale: np.ndarray  # r(H)
     shift: np.ndarray  # r(H)
+    logA: Optional[np.ndarray] = None  # c(P) the exact log a (powers a^l of the chunk graph); None: log1p(A_m1)
 
     @property
     def N(self) -> int:
@@ -165,8 +167,9 @@ def mimo_ssm_params(sys: MimoSSM, norm: nn.Module, prenorm: bool, H: int, where:
     if np.any(sys.D != np.diag(np.diag(sys.D))):
         raise ExportError(f"{where}: the step graph carries a diagonal D (a skip per channel); this system's D is full")
     p = MimoSSMParams(A_m1=cexpm1(sys.log_a()), B=sys.B.copy(), C=sys.C.copy(), D=np.diag(sys.D).copy(),
-                      factor=float(sys.c), scale=scale, shift=shift)  # c(P) c(P H) c(H P) r(H)
-    for name in ("A_m1", "scale", "shift"):
+                      factor=float(sys.c), scale=scale, shift=shift,
+                      logA=np.asarray(sys.log_a(), np.complex128).copy())  # c(P) c(P H) c(H P) r(H)
+    for name in ("A_m1", "scale", "shift", "logA"):
         if not np.all(np.isfinite(getattr(p, name))):
             raise ExportError(f"{where}: NaN/Inf in the SSM parameters; retrain or use an earlier checkpoint")
     return p, keep
@@ -375,3 +378,42 @@ def chunk_matrix(p: SSMParams, T: int) -> np.ndarray:
     toe[:, k, k] += p.D[:, None]
     W[:, 2 * N:, 2 * N:] = toe
     return W
+
+
+def mimo_chunk_matrices(p: MimoSSMParams, T: int) -> dict[str, np.ndarray]:
+    """Constants of one LRU / S5 layer's T-step chunk, per mode (P T^2 weights, not the (T H)^2 of a dense map).
+
+    With u_j = scale * z_j + shift (the folded BatchNorm) and v = [x0, B u_0, .., B u_{T-1}] c(T+1) per mode:
+
+        U     = z @ Bm + bu                 Bm r(H 2P), bu r(2P): [Re | Im] of B u_j          (B T 2P)
+        w     = v @ G per mode              G c(P T+1 T+1), as L r(2P 2T+2 T+1) on [v | swap v] (below)
+              w_t = x_t = a^{t+1} x0 + sum_{j<=t} a^{t-j} B u_j      (t < T: every updated state)
+              w_T = delta = (a^T - 1) x0 + sum_j a^{T-1-j} B u_j    (x_{T-1} = x0 + delta, the delta form)
+        y_t   = [x_t | z_t] @ R + by        R r(2P+H H), by r(H): c Re(C x_t) + D u_t (output reads x_t)
+
+    Every power a^l = exp(l log a) and a^T - 1 = expm1(T log a) is formed in complex128 from the exact log
+    (no repeated multiplication, no 1 - |a|^T cancellation for slow modes) and rounded once when stored.
+    The complex product per mode is one real batched MatMul over the 2P rows r of the state (as the step's
+    elementwise form): row r < P (Re x_r) reads [Re v_r | Im v_r] with L_r = [Re G_r ; -Im G_r], row r = P + p
+    (Im x_p) reads [Im v_p | Re v_p] with L_r = [Re G_p ; Im G_p].
+    """
+    P, H = p.N, p.D.shape[0]
+    logA = p.logA if p.logA is not None else np.log1p(p.A_m1)  # c(P)
+    t = np.arange(T)
+    e = t[None, :] - t[:, None]  # (T_j T_t) lag t - j of u_j in x_t
+    G = np.zeros((P, T + 1, T + 1), np.complex128)  # rows [x0 | B u_0..B u_{T-1}], cols [x_0..x_{T-1} | delta]
+    G[:, 0, :T] = np.exp(logA[:, None] * (t + 1))                                        # x0 -> x_t: a^{t+1}
+    G[:, 0, T] = cexpm1(T * logA)                                                        # x0 -> delta: a^T - 1
+    G[:, 1:, :T] = np.where(e >= 0, np.exp(logA[:, None, None] * np.maximum(e, 0)), 0)  # B u_j -> x_t: a^{t-j}
+    G[:, 1:, T] = np.exp(logA[:, None] * (T - 1 - t))                                    # B u_j -> delta: a^{T-1-j}
+    Gr, Gi = G.real, G.imag  # (P T+1 T+1)
+    L = np.concatenate([np.concatenate([Gr, -Gi], 1), np.concatenate([Gr, Gi], 1)], 0)  # (2P 2T+2 T+1)
+    Bs = p.B * p.scale[None, :]  # (P H) B diag(scale)
+    Bm = np.concatenate([Bs.real.T, Bs.imag.T], axis=1)  # (H 2P)
+    bu = _stack(p.B @ p.shift)  # (2P) B shift
+    R = np.zeros((2 * P + H, H))
+    R[:P] = p.factor * p.C.real.T       # c Re(C x) = c (Cr xr - Ci xi)
+    R[P:2 * P] = -p.factor * p.C.imag.T
+    R[2 * P:] = np.diag(p.D * p.scale)  # D u = D scale z + D shift
+    by = p.D * p.shift  # (H)
+    return {"Bm": Bm, "bu": bu, "L": L, "R": R, "by": by}

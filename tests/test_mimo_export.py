@@ -72,11 +72,6 @@ def test_export_parity_2048_steps_and_runtime(layer, P, dense, tmp_path):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
-def test_chunk_graph_refuses_mimo(tmp_path):
-    with pytest.raises(edgessm.errors.ExportError, match="chunk"):
-        export_onnx(_model("s5"), tmp_path / "m.onnx", chunk=8)
-
-
 def test_cli_train_compress_export_lru(tmp_path):
     """`edgessm train --layer lru` on mnist1d, compress with a checked bound, export, run on the runtime."""
     def run(*args):
