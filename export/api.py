@@ -307,6 +307,11 @@ def _metadata(model, mp: ModelParams, *, kind: str, T: Optional[int], target: st
         "error_bounds": _json(bounds),
         "source_sha256": source_sha256 or "unknown",
         "config": cfg.to_json(),
+        # a BatchNorm (CompreSSM's block) leaves no node: its running statistics are folded into the SSM's input
+        # weights, so a reader cannot see from the graph that the model was normalised, or with which statistics
+        "normalisation": _json({"norm": cfg.norm, "prenorm": bool(cfg.prenorm), "folded": cfg.norm == "batch",
+                                **({"statistics": "BatchNorm running mean and variance at export (inference mode)"}
+                                   if cfg.norm == "batch" else {})}),
         "opset": str(opset),
         "node_counts": _json(counts),
         "producer": f"edgessm {__version__}",

@@ -3,6 +3,7 @@ contract (BatchNorm folded), parity with model(x) over 2048 steps, the runtime, 
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -63,6 +64,9 @@ def test_export_parity_2048_steps_and_runtime(layer, P, dense, tmp_path):
     meta = res.metadata["step"]
     states = json.loads(meta["edgessm.states"])
     assert states[0]["shape"] == [2 * P]  # one real state vector per layer, shared by the channels
+    norm = json.loads(meta["edgessm.normalisation"])  # the graph has no BatchNorm node: the metadata says why
+    assert norm["norm"] == model.config.norm and norm["folded"] == (model.config.norm == "batch")
+    assert not any(n.op_type == "BatchNormalization" for n in onnx.load(res.path).graph.node)
     # the runtime (numpy + onnxruntime only) streams the same outputs as model(x)
     x = np.random.default_rng(1).standard_normal((2, 300, 2)).astype(np.float32)
     with torch.no_grad():
