@@ -43,10 +43,15 @@ from .mimo import MimoSSM
 from .ssm import DiagonalSSM
 
 __all__ = ["SSMModel", "Block", "diagonal_systems", "with_diagonal_systems", "model_from_systems", "layer_systems",
-           "with_mimo_systems", "is_mimo"]
+           "with_mimo_systems", "is_mimo", "make_activation"]
 
 _ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU,
                 "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+def make_activation(name: str) -> nn.Module:
+    """The module of config.activation ``name`` (the one table; the export checks a block's module against it)."""
+    return _ACTIVATIONS[name]()
 
 MIMO_LAYERS = ("lru", "s5")
 
@@ -89,7 +94,7 @@ class Block(nn.Module):
         self.residual = cfg.residual
         self.norm = _norm(cfg)
         self.ssm = build_layer(cfg, i)
-        self.activation = _ACTIVATIONS[cfg.activation]()
+        self.activation = make_activation(cfg.activation)
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.mixing == "glu":
             self.mixing: nn.Module = nn.Sequential(nn.Linear(H, 2 * H), nn.GLU(dim=-1))

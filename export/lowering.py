@@ -140,9 +140,6 @@ def _layernorm(mod: nn.Module, where: str) -> Optional[LayerNormParams]:
     return LayerNormParams(gamma, beta, float(mod.eps))
 
 
-_ACT_TYPES = {"gelu": nn.GELU, "gelu_tanh": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
-
-
 def mimo_ssm_params(sys: MimoSSM, norm: nn.Module, prenorm: bool, H: int, where: str
                     ) -> tuple[MimoSSMParams, Optional[LayerNormParams]]:
     """An LRU / S5 layer's step constants from its system, with a prenorm BatchNorm folded in;
@@ -209,18 +206,15 @@ def lower_model(model: nn.Module) -> ModelParams:
         mp.embedding = _np(model.encoder.weight)  # (V H)
     else:
         mp.encoder = _linear(model.encoder, "encoder")
-    from edgessm.model import layer_systems
+    from edgessm.model import layer_systems, make_activation
 
     systems = layer_systems(model)  # the SSM part is lowered from the systems, never from layer internals
     for i, blk in enumerate(model.blocks):
         where = f"block {i}"
         act = cfg.activation
-        if not isinstance(blk.activation, _ACT_TYPES[act]):
-            raise ExportError(f"{where}: activation module {type(blk.activation).__name__} does not match "
-                              f"config.activation={act!r}; rebuild the model from its config")
-        want = {"gelu": "none", "gelu_tanh": "tanh"}.get(act)
-        if want is not None and getattr(blk.activation, "approximate", "none") != want:
-            raise ExportError(f"{where}: GELU(approximate={blk.activation.approximate!r}) does not match "
+        ref = make_activation(act)  # the graph writes config.activation: the block's module must be that one
+        if type(blk.activation) is not type(ref) or getattr(blk.activation, "approximate", None) != getattr(ref, "approximate", None):
+            raise ExportError(f"{where}: activation module {blk.activation!r} does not match "
                               f"config.activation={act!r}; rebuild the model from its config")
         if cfg.mixing == "glu":
             mix = _linear(blk.mixing[0], f"{where} mixing")

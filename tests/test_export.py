@@ -361,6 +361,9 @@ def test_unsupported_model_and_bad_metadata_file(tmp_path):
     model.blocks[0].activation = torch.nn.GELU(approximate="tanh")
     with pytest.raises(ExportError, match="approximate='tanh'"):
         export_onnx(model, tmp_path / "m.onnx")
+    model.blocks[0].activation = torch.nn.ReLU()
+    with pytest.raises(ExportError, match="ReLU.*does not match config.activation='gelu'"):
+        export_onnx(model, tmp_path / "m.onnx")
     (tmp_path / "x.onnx").write_bytes(b"not onnx")
     with pytest.raises(ExportError):
         read_metadata(tmp_path / "x.onnx")
