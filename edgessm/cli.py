@@ -94,6 +94,11 @@ def _task_inputs(task: str) -> dict[str, str]:
     if prefix == "lra-listops":
         d = os.path.expanduser(arg)
         return {f"--task file {n}": os.path.join(d, n) for n in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv")}
+    if prefix == "smnist":
+        from .tasks.smnist import FILES
+
+        d = os.path.expanduser(arg)
+        return {f"--task file {n}{z}": os.path.join(d, n + z) for n in FILES.values() for z in ("", ".gz")}
     return {}
 
 
@@ -199,7 +204,7 @@ def _parse_task_options(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 task_option = click.option("--task", required=True,
-                           help="mnist1d | listops | delay | npz:<path> | lra-listops:<dir>")
+                           help="mnist1d | listops | delay | smnist | npz:<path> | lra-listops:<dir> | smnist:<dir>")
 task_options_option = click.option("--task-option", "task_option_items", multiple=True, metavar="KEY=VALUE",
                                    help="task generator option, e.g. --task-option max_len=256 (repeatable)")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")

