@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TAUS = (0.01, 0.02, 0.04)
+TAUS = (0.01, 0.02, 0.04)  # CompreSSM's sMNIST thresholds (its 1% and 4% rows, and the one between)
 MOMENT_MODES = ("index", "reset")  # beside the default "fresh" (edgessm.config.TrainConfig.reduce_moments)
 
 
@@ -78,6 +78,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--norm", default="batch")
     ap.add_argument("--pooling", default="mean")
     ap.add_argument("--moments-tau", type=float, default=0.02, help="the tau of the Adam-moment arms (0: none)")
+    ap.add_argument("--taus", type=float, nargs="+", default=list(TAUS), help="energy thresholds tau (fractions)")
+    ap.add_argument("--no-retraining-controls", action="store_true",
+                    help="leave out the 2x-epoch small arm and BT + main training (for long tasks)")
     ap.add_argument("--workdir", default="/tmp/lruexp")
     ap.add_argument("--json", default=str(HERE.parent / "docs" / "data" / "lru_compressm.json"))
     a = ap.parse_args(argv)
@@ -100,7 +103,7 @@ def main(argv=None) -> dict:
     jobs1 = []
     for s in a.seeds:
         jobs1.append((s, "full", ["--d-state", str(a.d_state)]))
-        for tau in TAUS:
+        for tau in a.taus:
             it = ["--d-state", str(a.d_state), "--reduce-energy", f"{1 - tau:g}",
                   "--reduce-until", f"{a.reduce_until:g}", "--reduce-min-drop", "0.05"]
             jobs1.append((s, f"it{tag(tau)}", it))
@@ -116,6 +119,8 @@ def main(argv=None) -> dict:
         bt = W / f"s{s}-bt{tag(tau)}.safetensors"
         c = _run(E + ["compress", str(full), "--rank", str(n), "-o", str(bt), "--json"], W / f"s{s}-bt{tag(tau)}-c.json")
         e = _run(E + ["eval", str(bt), *task, "--json"], W / f"s{s}-bt{tag(tau)}-e.json")
+        if a.no_retraining_controls:
+            return {"compress": c, "eval": e, "finetune": None}
         ft = _run(E + ["finetune", str(bt), *task, *epochs(1), "--seed", str(s),
                        "-o", str(W / f"s{s}-btft{tag(tau)}.safetensors"), "--quiet", "--json"],
                   W / f"s{s}-btft{tag(tau)}.json")
@@ -133,11 +138,12 @@ def main(argv=None) -> dict:
 
     jobs2 = []
     for s in a.seeds:
-        sizes = {tau: _final_size(r1[(s, f"it{tag(tau)}")]) for tau in TAUS}
+        sizes = {tau: _final_size(r1[(s, f"it{tag(tau)}")]) for tau in a.taus}
         for tau, n in sizes.items():
             jobs2.append(((s, f"small{tag(tau)}"), lambda s=s, tau=tau, n=n: train(s, f"small{tag(tau)}", ["--d-state", str(n)])))
-            jobs2.append(((s, f"small{tag(tau)}x2"),
-                          lambda s=s, tau=tau, n=n: train(s, f"small{tag(tau)}x2", ["--d-state", str(n), *epochs(2)])))
+            if not a.no_retraining_controls:
+                jobs2.append(((s, f"small{tag(tau)}x2"),
+                              lambda s=s, tau=tau, n=n: train(s, f"small{tag(tau)}x2", ["--d-state", str(n), *epochs(2)])))
             jobs2.append(((s, f"bt{tag(tau)}"), lambda s=s, tau=tau, n=n: bt_arm(s, tau, n)))
         jobs2.append(((s, "rvc"), lambda s=s, r=sorted(set(sizes.values()), reverse=True): rvc_arm(s, r)))
     with ThreadPoolExecutor(a.jobs) as ex:
@@ -147,7 +153,7 @@ def main(argv=None) -> dict:
     for s in a.seeds:
         row = {"seed": s, "full": r1[(s, "full")]["test"], "full_s": r1[(s, "full")]["wall_s"], "taus": {}}
         metric = r1[(s, "full")]["metric"]  # "accuracy" or "mse": the key of `edgessm eval --json`
-        for tau in TAUS:
+        for tau in a.taus:
             t = tag(tau)
             it = r1[(s, f"it{t}")]
             n = _final_size(it)
@@ -156,9 +162,11 @@ def main(argv=None) -> dict:
                 "size": n, "schedule": [ev["ranks"][0] for ev in it["rank_schedule"]],
                 "it": it["test"], "it_s": it["wall_s"],
                 "small": r2[(s, f"small{t}")]["test"], "small_s": r2[(s, f"small{t}")]["wall_s"],
-                "small2x": r2[(s, f"small{t}x2")]["test"], "small2x_s": r2[(s, f"small{t}x2")]["wall_s"],
+                "small2x": r2[(s, f"small{t}x2")]["test"] if (s, f"small{t}x2") in r2 else None,
+                "small2x_s": r2[(s, f"small{t}x2")]["wall_s"] if (s, f"small{t}x2") in r2 else None,
                 "bt": bt["eval"][metric], "bt_bounds_hold": bt["compress"]["bounds_hold"],
-                "btft": bt["finetune"]["test"], "btft_s": bt["finetune"]["wall_s"],
+                "btft": bt["finetune"]["test"] if bt["finetune"] else None,
+                "btft_s": bt["finetune"]["wall_s"] if bt["finetune"] else None,
                 "rvc": next(r for r in r2[(s, "rvc")] if r["r"] == n),  # the bench's --json: a list of rows
             }
             for mode in MOMENT_MODES:
@@ -184,9 +192,13 @@ def main(argv=None) -> dict:
 def table(result: dict) -> str:
     """The markdown tables of docs/results.md: per seed, then the mean over seeds (accuracy in %, or MSE)."""
     acc = result.get("metric", "accuracy") == "accuracy"
-    fmt = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.4f}")  # noqa: E731
+    num = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.4f}")  # noqa: E731
+    fmt = lambda v: "-" if v is None else num(v)  # noqa: E731  an arm left out (--no-retraining-controls)
     rows = result["rows"]
-    mean = lambda f: sum(f(r) for r in rows) / len(rows)  # noqa: E731
+
+    def mean(f):
+        vals = [f(r) for r in rows]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
     lines = [f"| seed | tau | full (256) | in-training reduction: final size (schedule) | {'accuracy' if acc else 'MSE'} "
              "| trained small from scratch | same, 2x epochs | BT of full, no retraining | BT of full + main training "
              "| real-map error: complex-map BT / real-map BT |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -194,9 +206,9 @@ def table(result: dict) -> str:
         for r in rows:
             d = r["taus"][t]
             lines.append(f"| {r['seed']} | {t}% | {fmt(r['full'])} | {d['size']} ({' -> '.join(map(str, d['schedule']))}) "
-                         f"| {fmt(d['it'])} | {fmt(d['small'])} | {fmt(d['small2x'])} | {fmt(d['bt'])} | {fmt(d['btft'])} "
+                         f"| {fmt(d['it'])} | {fmt(d['small'])} | {fmt(d.get('small2x'))} | {fmt(d['bt'])} | {fmt(d.get('btft'))} "
                          f"| {d['rvc']['complex_map']:.3f} / {d['rvc']['real_map']:.3f} |")
-        m = lambda k: mean(lambda r: r["taus"][t][k])  # noqa: E731
+        m = lambda k: mean(lambda r: r["taus"][t].get(k))  # noqa: E731
         lines.append(f"| mean | {t}% | {fmt(mean(lambda r: r['full']))} | {m('size'):.1f} | **{fmt(m('it'))}** "
                      f"| **{fmt(m('small'))}** | {fmt(m('small2x'))} | {fmt(m('bt'))} | **{fmt(m('btft'))}** "
                      f"| {m_rvc(rows, t, 'complex_map'):.3f} / {m_rvc(rows, t, 'real_map'):.3f} |")
