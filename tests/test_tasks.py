@@ -73,8 +73,8 @@ def check_listops(x, y, lengths, *, max_len, min_len, max_depth, max_args):
 # ---- registry -------------------------------------------------------------------------------
 
 def test_task_names_and_unknown_name():
-    assert set(task_names()) == {"mnist1d", "listops"}
-    with pytest.raises(TaskError, match=r"unknown task 'cifar'.*listops.*mnist1d.*npz:<path>.*lra-listops:<dir>"):
+    assert set(task_names()) == {"mnist1d", "listops", "delay", "smnist"}
+    with pytest.raises(TaskError, match=r"unknown task 'cifar'.*delay.*listops.*mnist1d.*smnist.*npz:<path>.*lra-listops:<dir>.*smnist:<dir>"):
         load_task("cifar")
     with pytest.raises(TaskError, match="needs a path"):
         load_task("npz:")
