@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
 def table(result: dict) -> str:
     """The markdown tables of docs/results.md: per seed, then the mean over seeds (accuracy in %, or MSE)."""
     acc = result.get("metric", "accuracy") == "accuracy"
-    num = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.4f}")  # noqa: E731
+    num = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.2g}")  # noqa: E731
     fmt = lambda v: "-" if v is None else num(v)  # noqa: E731  an arm left out (--no-retraining-controls)
     rows = result["rows"]
 
