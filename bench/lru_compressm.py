@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
              "--d-model", str(a.d_model), "--n-layers", "1"]
     base = [*task, *model, "--quiet", "--json"]
     epochs = lambda k: ["--epochs", str(k * a.epochs)]  # noqa: E731
-    tag = lambda tau: f"{round(tau * 100)}"  # noqa: E731
+    tag = lambda tau: f"{tau * 100:g}"  # noqa: E731  "1" for 0.01, "1.5" for 0.015: distinct taus, distinct files
 
     def train(seed, name, extra):
         extra = extra if "--epochs" in extra else [*epochs(1), *extra]

@@ -95,10 +95,10 @@ def _task_inputs(task: str) -> dict[str, str]:
         d = os.path.expanduser(arg)
         return {f"--task file {n}": os.path.join(d, n) for n in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv")}
     if prefix == "smnist":
-        from .tasks.smnist import FILES
+        from .tasks.smnist import FILES, file_names
 
         d = os.path.expanduser(arg)
-        return {f"--task file {n}{z}": os.path.join(d, n + z) for n in FILES.values() for z in ("", ".gz")}
+        return {f"--task file {n}": os.path.join(d, n) for stem in FILES.values() for n in file_names(stem)}
     return {}
 
 
@@ -292,7 +292,7 @@ def _result_dict(res, data, output: str, prov: dict[str, Any]) -> dict[str, Any]
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @json_option
 def train(task, task_option_items, output, m_overrides, t_overrides, quiet, as_json):
-    """Train a DSS/S4D model on a task and save the best checkpoint (by validation) to -o."""
+    """Train a model (S4D, DSS, LRU, S5) on a task and save the best checkpoint (by validation) to -o."""
     import torch
 
     from .model import SSMModel
@@ -303,6 +303,9 @@ def train(task, task_option_items, output, m_overrides, t_overrides, quiet, as_j
     data = _load_task(task, task_option_items, tcfg.seed)
     cfg = ModelConfig(d_input=data.d_input, d_output=data.d_output, vocab_size=data.vocab_size,
                       task_type=data.task_type, **m_overrides)
+    if data.per_step_targets and cfg.pooling == "mean":  # legal, but the output would be a running mean
+        click.echo(f"warning: task {data.name} has a target at every step, and --pooling mean makes every output "
+                   "the running mean of the steps so far; use --pooling none for a prediction per step", err=True)
     torch.manual_seed(tcfg.seed)
     model = SSMModel(cfg)
     reducer = None

@@ -243,9 +243,9 @@ class TrainConfig:
     reduce_horizon: Optional[int] = _field(None, 'in-training reduction with horizon-aware Gramians of this many steps')  # horizon-aware Gramians during in-training reduction
     # After balancing and re-diagonalisation a reduced layer's modes are new combinations of the old ones
     # with new eigenvalues, so the old Adam moments of its parameters describe coordinates that no longer
-    # exist. "fresh": those parameters restart their moments and bias correction; every parameter the
-    # reduction left alone keeps its moments. "index": CompreSSM's practice, the old moments cut to the
-    # first r entries of each shrunk axis. "reset": a new optimiser for every parameter.
+    # exist. "fresh": every parameter the reduction changed restarts its moments and bias correction; the
+    # ones it left alone (same shape and values) keep theirs. "index": CompreSSM's practice, the old
+    # moments cut to the first r entries of each shrunk axis. "reset": a new optimiser for every parameter.
     reduce_moments: str = _field("fresh", 'in-training reduction: Adam moments of reshaped parameters: "fresh" (restart them), "index" (cut the old ones by index, as CompreSSM does), "reset" (restart every parameter)')
 
     def validate(self) -> None:

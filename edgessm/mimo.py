@@ -241,11 +241,15 @@ class MimoSSM:
         """
         from .reduce.norms import peak_gain
 
+        if self.n_in == 0 or self.n_out == 0:
+            return 0.0
+
         def sigma(w: np.ndarray) -> np.ndarray:  # r(1 F) -> r(1 F), in chunks: G is (F O I) complex
             flat = np.ravel(w)
-            return np.concatenate([self.sigma_max(flat[k:k + 1024]) for k in range(0, flat.size, 1024)])[None]
+            return np.concatenate([self.sigma_max(flat[k:k + 1024]) for k in range(0, flat.size, 1024)]
+                                  + [np.zeros(0)])[None]
 
-        active = (np.abs(self.B).max(axis=1) > 0) & (np.abs(self.C).max(axis=0) > 0)  # (P) modes that reach y
+        active = np.any(self.B != 0, axis=1) & np.any(self.C != 0, axis=0)  # (P) modes that reach y
         uniform = sigma(np.linspace(0.0, np.pi, n_grid)[None])  # (1 G)
         return float(peak_gain(lambda rows: sigma, self.A[None], active[None], uniform, n_grid, n_peaks, n_refine)[0])
 

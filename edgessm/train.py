@@ -261,10 +261,12 @@ def rebuild_optimizer(old: torch.optim.Optimizer, old_model: SSMModel, model: SS
                        cfg: TrainConfig) -> torch.optim.Optimizer:
     """A fresh AdamW for the new shapes, carrying over old Adam state as ``cfg.reduce_moments`` says.
 
-    Parameters whose name and shape are unchanged keep their state ("fresh" and "index"). A reshaped
-    parameter starts fresh ("fresh"; its step count restarts, so Adam's bias correction treats its new
-    moments as new), or takes the old moments' leading entries along every axis that shrank ("index",
-    CompreSSM's practice) with the old step count. "reset" carries nothing.
+    "fresh": a parameter keeps its state only if the reduction left it alone (same name, shape and
+    values); every other one (the reduced SSM's, and e.g. a D the reduction rewrote) starts fresh, its
+    step count too, so Adam's bias correction treats its moments as new. "index" (CompreSSM's practice):
+    same name and shape keeps the state whatever the values; a parameter that shrank takes the old
+    moments' leading entries along every shrunk axis, with the old step count; one with an axis that grew
+    starts fresh. "reset" carries nothing.
     """
     new = build_optimizer(model, cfg)
     if cfg.reduce_moments == "reset":
@@ -274,7 +276,7 @@ def rebuild_optimizer(old: torch.optim.Optimizer, old_model: SSMModel, model: SS
         q = old_params.get(name)
         if q is None or q not in old.state or q.dim() != p.dim():
             continue
-        if q.shape == p.shape:
+        if q.shape == p.shape and (cfg.reduce_moments == "index" or torch.equal(q.detach().cpu(), p.detach().cpu())):
             new.state[p] = old.state[q]
         elif cfg.reduce_moments == "index" and all(b <= a for a, b in zip(q.shape, p.shape)):
             cut = tuple(slice(0, b) for b in p.shape)

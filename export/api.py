@@ -115,7 +115,7 @@ def export_onnx(model_or_path, out_path: Union[str, os.PathLike], *, target: str
     mp = lower_model(model)
     precision = "fp16" if fp16 else "fp32"
     if chunk is not None:
-        _check_chunk_size(mp, chunk, fp16)
+        _check_chunk_size(mp, chunk)
 
     # ---- graphs ------------------------------------------------------------------------------
     graphs: dict[str, tuple[onnx.ModelProto, Path, Optional[int]]] = {
@@ -186,18 +186,19 @@ def _check_parity(model, blob: bytes, kind: str, T: Optional[int], L: int, tol: 
 
 
 # A protobuf message (an ONNX file without external data) cannot exceed 2 GiB, and building a chunk graph
-# holds several copies of its weights (float64 per layer while forming them, the float32 constants, the
-# serialised bytes): 1 GiB of weights keeps the build to a few GiB.
+# holds several copies of its weights: one layer's complex128 powers and their temporaries, every layer's
+# float32 constants, the serialised bytes. Measured peak: about 5x the counted weight bytes (an LRU layer,
+# P = 64, T = 256), so 1 GiB of weights keeps the build near 5-6 GiB, on the workstation that exports.
 MAX_GRAPH_BYTES = 1 << 30
 
 
-def chunk_graph_bytes(mp: ModelParams, T: int, fp16: bool = False) -> int:
+def chunk_graph_bytes(mp: ModelParams, T: int) -> int:
     """Weight bytes of a T-step chunk graph's SSMs and pooling sums (the parts that grow with T).
 
     S4D / DSS layer: one (H, 2N+T, 2N+T) matrix. LRU / S5 layer: the recurrence L r(2P 2T+2 T+1) = P (2T+2)^2,
     B r(H 2P) + b r(2P) and the readout r(2P+H H) + b r(H). Mean pooling: the (T, T) causal sums. All are
-    float32 in both precisions (the recurrence is float32 in fp16 graphs too), so ``fp16`` does not change
-    the count; the encoder / mixing / decoder weights do not grow with T and are not counted.
+    float32 in both precisions (the recurrence is float32 in fp16 graphs too); the encoder / mixing /
+    decoder weights do not grow with T and are not counted.
     """
     floats = 0
     for b in mp.blocks:
@@ -210,12 +211,12 @@ def chunk_graph_bytes(mp: ModelParams, T: int, fp16: bool = False) -> int:
     return 4 * (floats + (T * T if mp.pooling == "mean" else 0))
 
 
-def _check_chunk_size(mp: ModelParams, T: int, fp16: bool) -> None:
+def _check_chunk_size(mp: ModelParams, T: int) -> None:
     """Refuse a chunk length whose graph would pass the protobuf limit, before building it."""
-    need = chunk_graph_bytes(mp, T, fp16)
+    need = chunk_graph_bytes(mp, T)
     if need > MAX_GRAPH_BYTES:
         t = 1
-        while chunk_graph_bytes(mp, 2 * t, fp16) <= MAX_GRAPH_BYTES:
+        while chunk_graph_bytes(mp, 2 * t) <= MAX_GRAPH_BYTES:
             t *= 2
         raise ExportError(f"--chunk {T} makes a chunk graph of {need / 2**30:.3g} GiB (its weights grow as T^2), over "
                           f"the limit of 1 GiB (ONNX files stop at 2 GB); use --chunk {t} or less")

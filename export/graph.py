@@ -233,7 +233,7 @@ def _ssm_chunk_mimo(g: _Builder, z: str, X: str, X_out: str, blk: BlockParams, T
     the Toeplitz of H x H blocks c Re(C a^l B), computes the same map with 15x the weights and 6 to 10x the
     latency at H = P = 64, T = 32 (bench/mimo_chunk_latency.py, docs/mimo.md).
     """
-    P, H = blk.ssm.N, blk.ssm.D.shape[0]
+    P = blk.ssm.N
     c = mimo_chunk_matrices(blk.ssm, T)
     U = g.op("Add", [g.op("MatMul", [z, g.const(c["Bm"], name="B")]), g.const(c["bu"], name="b")])  # (B T 2P)
     V = g.op("Concat", [g.op("Unsqueeze", [X, g.ints([1])]), U], axis=1)          # (B T+1 2P) [x0 | B u_j]

@@ -76,7 +76,8 @@ def test_moments_fresh_index_reset(layer):
     old_model, old, new = _reduced(layer)
     old_p, new_p = dict(old_model.named_parameters()), dict(new.named_parameters())
     reshaped = [n for n in new_p if new_p[n].shape != old_p[n].shape]
-    kept = [n for n in new_p if new_p[n].shape == old_p[n].shape]
+    kept = [n for n in new_p if new_p[n].shape == old_p[n].shape and torch.equal(new_p[n], old_p[n])]
+    rewritten = [n for n in new_p if new_p[n].shape == old_p[n].shape and not torch.equal(new_p[n], old_p[n])]
     assert reshaped and kept
     fresh = rebuild_optimizer(old, old_model, new, TrainConfig(reduce_moments="fresh"))
     index = rebuild_optimizer(old, old_model, new, TrainConfig(reduce_moments="index"))
@@ -85,6 +86,8 @@ def test_moments_fresh_index_reset(layer):
     for n in kept:  # untouched weights keep their statistics in both carrying modes
         for opt in (fresh, index):
             assert torch.equal(opt.state[new_p[n]]["exp_avg_sq"], old.state[old_p[n]]["exp_avg_sq"])
+    for n in rewritten:  # same shape, new values (an S4D reduction can rewrite D): fresh restarts it
+        assert new_p[n] not in fresh.state and new_p[n] in index.state
     for n in reshaped:
         assert new_p[n] not in fresh.state
         cut = tuple(slice(0, s) for s in new_p[n].shape)

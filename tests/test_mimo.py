@@ -215,3 +215,9 @@ def test_hinf_norm_of_resonance_clusters_matches_slycot(center):
         est = s.hinf_norm()
         # ab13dd's tol is 1e-10; every sample of the search is a true value of sigma_max, so never above
         assert ref * (1 - 1e-9) <= est <= ref * (1 + 1e-9), (est, ref)
+
+
+def test_hinf_norm_of_a_layer_without_modes_is_its_feedthrough():
+    D = np.array([[1.0, -2.0], [0.5, 3.0], [0.0, 1.0]])
+    s = MimoSSM(np.zeros(0, complex), np.zeros((0, 2), complex), np.zeros((3, 0), complex), D, 1.0)
+    assert s.hinf_norm() == pytest.approx(np.linalg.norm(D, 2), rel=1e-14)  # G(z) = D at every frequency

