@@ -165,6 +165,9 @@ def main(argv=None) -> dict:
                 "small2x": r2[(s, f"small{t}x2")]["test"] if (s, f"small{t}x2") in r2 else None,
                 "small2x_s": r2[(s, f"small{t}x2")]["wall_s"] if (s, f"small{t}x2") in r2 else None,
                 "bt": bt["eval"][metric], "bt_bounds_hold": bt["compress"]["bounds_hold"],
+                # one block: the layer's certified bound and the measured ||G - G_saved||_inf
+                "bt_certified": bt["compress"]["layers"][0].get("max_certified"),
+                "bt_measured": bt["compress"]["layers"][0].get("max_measured_hinf"),
                 "btft": bt["finetune"]["test"] if bt["finetune"] else None,
                 "btft_s": bt["finetune"]["wall_s"] if bt["finetune"] else None,
                 "rvc": next(r for r in r2[(s, "rvc")] if r["r"] == n),  # the bench's --json: a list of rows
