@@ -24,7 +24,7 @@ NORMS = ("layer", "batch", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "tanh", "identity")
 S5_DISCRETIZATIONS = ("zoh", "bilinear")
 ENDS = ("linear", "none")
-# what in-training reduction does with the Adam moments of the parameters it reshapes (TrainConfig)
+# what in-training reduction does with the Adam moments of the parameters it changes (TrainConfig)
 REDUCE_MOMENTS = ("fresh", "index", "reset")
 
 # Upper bounds are sanity limits that stop a typo or a hostile file from allocating gigabytes before
@@ -246,7 +246,7 @@ class TrainConfig:
     # exist. "fresh": every parameter the reduction changed restarts its moments and bias correction; the
     # ones it left alone (same shape and values) keep theirs. "index": CompreSSM's practice, the old
     # moments cut to the first r entries of each shrunk axis. "reset": a new optimiser for every parameter.
-    reduce_moments: str = _field("fresh", 'in-training reduction: Adam moments of reshaped parameters: "fresh" (restart them), "index" (cut the old ones by index, as CompreSSM does), "reset" (restart every parameter)')
+    reduce_moments: str = _field("fresh", 'in-training reduction: Adam moments of the parameters a reduction changes: "fresh" (restart them), "index" (cut the old ones by index, as CompreSSM does), "reset" (restart every parameter)')
 
     def validate(self) -> None:
         """Type and range of every field: they come from the command line and from checkpoint provenance."""

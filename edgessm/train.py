@@ -258,7 +258,7 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
 
 
 def rebuild_optimizer(old: torch.optim.Optimizer, old_model: SSMModel, model: SSMModel,
-                       cfg: TrainConfig) -> torch.optim.Optimizer:
+                      cfg: TrainConfig) -> torch.optim.Optimizer:
     """A fresh AdamW for the new shapes, carrying over old Adam state as ``cfg.reduce_moments`` says.
 
     "fresh": a parameter keeps its state only if the reduction left it alone (same name, shape and

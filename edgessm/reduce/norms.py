@@ -11,7 +11,7 @@ from ..parallel import map_chunks
 from ..ssm import DiagonalSSM
 
 __all__ = ["frequency_response", "frequency_response_uniform", "error_system", "hinf_norm",
-           "horizon_operator_error", "DENSE_TOEPLITZ_MAX"]
+           "horizon_operator_error", "peak_gain", "DENSE_TOEPLITZ_MAX"]
 
 def frequency_response(sys: DiagonalSSM, omega: np.ndarray) -> np.ndarray:
     """c(H F): transfer function at per-channel frequencies omega r(H F) (ssm.transfer_function, batched).
