@@ -186,9 +186,10 @@ def _check_parity(model, blob: bytes, kind: str, T: Optional[int], L: int, tol: 
 
 
 # A protobuf message (an ONNX file without external data) cannot exceed 2 GiB, and building a chunk graph
-# holds several copies of its weights: one layer's complex128 powers and their temporaries, every layer's
-# float32 constants, the serialised bytes. Measured peak: about 5x the counted weight bytes (an LRU layer,
-# P = 64, T = 256), so 1 GiB of weights keeps the build near 5-6 GiB, on the workstation that exports.
+# holds copies of its weights: the float32 constants, their TensorProto bytes, the serialised file. The
+# complex128 powers of an LRU / S5 layer are formed in blocks of ~64 MB (lowering.mimo_chunk_matrices):
+# forming one layer's constants peaks at 1.7x their bytes at P = 256, T = 256 (tracemalloc). 1 GiB of
+# weights keeps the build to a few GiB.
 MAX_GRAPH_BYTES = 1 << 30
 
 

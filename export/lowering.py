@@ -395,13 +395,21 @@ def mimo_chunk_matrices(p: MimoSSMParams, T: int) -> dict[str, np.ndarray]:
     logA = p.logA if p.logA is not None else np.log1p(p.A_m1)  # c(P)
     t = np.arange(T)
     e = t[None, :] - t[:, None]  # (T_j T_t) lag t - j of u_j in x_t
-    G = np.zeros((P, T + 1, T + 1), np.complex128)  # rows [x0 | B u_0..B u_{T-1}], cols [x_0..x_{T-1} | delta]
-    G[:, 0, :T] = np.exp(logA[:, None] * (t + 1))                                        # x0 -> x_t: a^{t+1}
-    G[:, 0, T] = cexpm1(T * logA)                                                        # x0 -> delta: a^T - 1
-    G[:, 1:, :T] = np.where(e >= 0, np.exp(logA[:, None, None] * np.maximum(e, 0)), 0)  # B u_j -> x_t: a^{t-j}
-    G[:, 1:, T] = np.exp(logA[:, None] * (T - 1 - t))                                    # B u_j -> delta: a^{T-1-j}
-    Gr, Gi = G.real, G.imag  # (P T+1 T+1)
-    L = np.concatenate([np.concatenate([Gr, -Gi], 1), np.concatenate([Gr, Gi], 1)], 0)  # (2P 2T+2 T+1)
+    causal = e >= 0
+    # L is the one large constant (P (2T+2)^2 floats): formed a few modes at a time in complex128 and
+    # written straight into float32, so building it holds little more than L itself
+    L = np.empty((2 * P, 2 * T + 2, T + 1), np.float32)  # (2P 2T+2 T+1)
+    step = max(1, (1 << 22) // ((T + 1) ** 2))  # modes per block: ~64 MB of complex128 at a time
+    for m0 in range(0, P, step):
+        la = logA[m0:m0 + step]  # c(m)
+        G = np.zeros((la.size, T + 1, T + 1), np.complex128)  # rows [x0 | B u_0..B u_{T-1}], cols [x_0..x_{T-1} | delta]
+        G[:, 0, :T] = np.exp(la[:, None] * (t + 1))                                       # x0 -> x_t: a^{t+1}
+        G[:, 0, T] = cexpm1(T * la)                                                       # x0 -> delta: a^T - 1
+        G[:, 1:, :T] = np.where(causal, np.exp(la[:, None, None] * np.maximum(e, 0)), 0)  # B u_j -> x_t: a^{t-j}
+        G[:, 1:, T] = np.exp(la[:, None] * (T - 1 - t))                                   # B u_j -> delta: a^{T-1-j}
+        sl, im = slice(m0, m0 + la.size), slice(P + m0, P + m0 + la.size)
+        L[sl, :T + 1], L[sl, T + 1:] = G.real, -G.imag    # Re rows read [Re v | Im v]
+        L[im, :T + 1], L[im, T + 1:] = G.real, G.imag     # Im rows read [Im v | Re v]
     Bs = p.B * p.scale[None, :]  # (P H) B diag(scale)
     Bm = np.concatenate([Bs.real.T, Bs.imag.T], axis=1)  # (H 2P)
     bu = _stack(p.B @ p.shift)  # (2P) B shift
