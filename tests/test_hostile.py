@@ -167,6 +167,20 @@ class Case:
 
 NO_CUDA = not torch.cuda.is_available()
 
+
+def _idx_dir(d: Path, images: int = 3, dotted_labels: bool = False) -> None:
+    """The four MNIST idx files, tiny; ``images`` is what the training-image header declares."""
+    import gzip
+
+    d.mkdir()
+    for split in ("train", "t10k"):
+        n = images if split == "train" else 3
+        (d / f"{split}-images-idx3-ubyte").write_bytes(
+            (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\0" * (3 * 784))
+        name = f"{split}-labels.idx1-ubyte.gz" if dotted_labels else f"{split}-labels-idx1-ubyte"
+        data = (2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"\0\1\2"
+        (d / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+
 CASES = [
     # ---- no output path may resolve to an input or to another output of the same command
     Case("export-o-is-input", ["export", "m.safetensors", "-o", "m.safetensors"], "is the checkpoint"),
@@ -280,6 +294,19 @@ CASES = [
                                     "o.safetensors", *TRAIN], "num_train"),
     Case("listops-over-memory-limit", ["train", "--task", "listops", "--task-option", "num_train=1000000",
                                        "--task-option", "max_len=1024", "-o", "o.safetensors", *TRAIN], "GiB in memory"),
+    Case("delay-longer-than-the-sequence", ["train", "--task", "delay", "--task-option", "delay=500", "-o", "o.safetensors",
+                                            *TRAIN], "delay delay=500"),
+    Case("delay-bandwidth-nan", ["train", "--task", "delay", "--task-option", "bandwidth=nan", "-o", "o.safetensors",
+                                 *TRAIN], "bandwidth"),
+    Case("delay-over-memory-limit", ["train", "--task", "delay", "--task-option", "num_train=4000000", "--task-option",
+                                     "length=4096", "--task-option", "delay=8", "-o", "o.safetensors", *TRAIN], "GiB in memory"),
+    Case("smnist-not-a-folder", ["train", "--task", "smnist:nowhere", "-o", "o.safetensors", *TRAIN], "not a folder"),
+    Case("smnist-header-lies", ["train", "--task", "smnist:mn", "-o", "o.safetensors", *TRAIN], "GiB in memory",
+         setup=lambda d: _idx_dir(d / "mn", images=2 ** 31 - 1)),
+    Case("smnist-o-is-an-input", ["train", "--task", "smnist:mn", "-o", "mn/train-labels.idx1-ubyte.gz", *TRAIN],
+         "is the --task file", setup=lambda d: _idx_dir(d / "mn", dotted_labels=True)),
+    Case("reduce-moments-bogus", ["train", "--task", "npz:data.npz", "-o", "o.safetensors", "--reduce-moments", "transform",
+                                  *TRAIN], "transform"),
     Case("npz-scalar-x", ["train", "--task", "npz:s.npz", "-o", "o.safetensors", *TRAIN], "array 'x' must be",
          setup=npz("s.npz", x=np.float32(3.0), y=np.arange(4))),
     Case("npz-label-1e9", ["train", "--task", "npz:l.npz", "-o", "o.safetensors", *TRAIN], "classes",
