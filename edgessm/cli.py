@@ -337,7 +337,7 @@ def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:
 @out_option
 @dataclass_options(TrainConfig, prefix="t_",
                    skip=("reduce_energy", "reduce_rank", "reduce_until", "reduce_min_drop", "reduce_horizon",
-                         "reduce_moments"))
+                         "reduce_moments", "reduce_every"))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @json_option
 def finetune(model_path, task, task_option_items, output, t_overrides, quiet, as_json):

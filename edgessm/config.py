@@ -33,7 +33,8 @@ MAX_PARAMETERS = 1 << 30      # 4 GiB of float32 weights
 MAX_HORIZON = 1 << 24         # L-step Gramians: past ~1.7e7 steps they equal the infinite ones for |A| < 1 - 1e-6
 _MODEL_INTS = {"d_input": (1, 1 << 16), "d_output": (1, 1 << 16), "vocab_size": (0, 1 << 24),
                "d_model": (1, 1 << 16), "n_layers": (1, 1024), "d_state": (1, 1 << 14)}
-_TRAIN_INTS = {"epochs": (1, 1 << 20), "batch_size": (1, 1 << 24), "seed": (0, 2**32 - 1), "eval_every": (1, 1 << 20)}
+_TRAIN_INTS = {"epochs": (1, 1 << 20), "batch_size": (1, 1 << 24), "seed": (0, 2**32 - 1), "eval_every": (1, 1 << 20),
+               "reduce_every": (1, 1 << 20)}
 # name: (lo, hi, lo excluded, hi excluded); hi None = any finite value
 _TRAIN_REALS = {"lr": (0.0, None, True, False), "lr_ssm": (0.0, None, False, False),
                 "weight_decay": (0.0, None, False, False), "warmup_frac": (0.0, 1.0, False, False),
@@ -240,6 +241,10 @@ class TrainConfig:
     reduce_rank: Optional[int] = _field(None, 'in-training reduction: reduce every layer to this many modes')  # or: reduce every layer to this many modes (a fixed target r)
     reduce_until: float = _field(0.1, 'in-training reduction only during this first fraction of training')  # only reduce during this first fraction of training
     reduce_min_drop: float = _field(0.1, 'reduce a layer only if its new size is at least this fraction smaller')  # reduce a layer only if the new size is at least 10% smaller
+    # CompreSSM reduces at steps that are multiples of both its evaluation and its reduction interval; here
+    # the evaluation points are epochs (eval_every), and reduction happens at those that are also multiples
+    # of reduce_every
+    reduce_every: int = _field(1, 'in-training reduction at evaluation points whose epoch is a multiple of this')
     reduce_horizon: Optional[int] = _field(None, 'in-training reduction with horizon-aware Gramians of this many steps')  # horizon-aware Gramians during in-training reduction
     # After balancing and re-diagonalisation a reduced layer's modes are new combinations of the old ones
     # with new eigenvalues, so the old Adam moments of its parameters describe coordinates that no longer
@@ -267,6 +272,14 @@ class TrainConfig:
         if self.reduce_horizon is not None:
             self.reduce_horizon = integer("train", "reduce_horizon", self.reduce_horizon, 2, MAX_HORIZON)
         self.reduce_moments = one_of("train", "reduce_moments", self.reduce_moments, REDUCE_MOMENTS)
+        if self.reduce_energy is not None or self.reduce_rank is not None:
+            last = max(1, round(self.reduce_until * self.epochs))  # the training loop's reduction window
+            if not any((e % self.eval_every == 0 or e == self.epochs) and e % self.reduce_every == 0
+                       for e in range(1, last + 1)):
+                raise ConfigError(f"in-training reduction would never run: no epoch up to {last} (reduce_until "
+                                  f"{self.reduce_until:g} of {self.epochs}) is an evaluation point (eval_every "
+                                  f"{self.eval_every}) and a multiple of reduce_every {self.reduce_every}; lower them "
+                                  "or raise reduce_until")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -218,7 +218,8 @@ def train(model: SSMModel, data: TaskData, cfg: TrainConfig, *,
         if epoch % cfg.eval_every and epoch != cfg.epochs:
             continue
         # in-training reduction (all ranks, deterministically: same weights -> same reduction)
-        if reducer is not None and (cfg.reduce_energy is not None or cfg.reduce_rank is not None) and epoch <= max(1, round(cfg.reduce_until * cfg.epochs)):
+        if (reducer is not None and (cfg.reduce_energy is not None or cfg.reduce_rank is not None)
+                and epoch <= max(1, round(cfg.reduce_until * cfg.epochs)) and epoch % cfg.reduce_every == 0):
             new_model, event = reducer(model, cfg)
             if new_model is not model:
                 old_model, model = model, new_model.to(device)

@@ -111,3 +111,17 @@ def test_moments_modes_change_training():
         assert res.rank_schedule[-1]["ranks"] == [6] and np.isfinite(res.test_metrics["mse"])
         finals[mode] = torch.cat([p.detach().flatten() for p in res.model.parameters()])
     assert not torch.equal(finals["fresh"], finals["index"]) and not torch.equal(finals["fresh"], finals["reset"])
+
+
+def test_reduce_every_sets_the_reduction_points():
+    """CompreSSM's reduction steps: evaluation points that are multiples of the reduction interval."""
+    data = load_task("delay", num_train=60, num_test=20, length=24, delay=3)
+    cfg = ModelConfig(d_input=1, d_output=1, d_model=4, n_layers=1, d_state=16, layer="lru", pooling="none",
+                      task_type="regression")
+    torch.manual_seed(0)
+    tc = TrainConfig(epochs=6, batch_size=20, reduce_energy=0.5, reduce_min_drop=0.0, reduce_until=1.0,
+                     reduce_every=3, seed=0)
+    res = train(SSMModel(cfg), data, tc, reducer=in_training_reducer, progress=False)
+    assert [ev["epoch"] for ev in res.rank_schedule[1:]] and all(ev["epoch"] % 3 == 0 for ev in res.rank_schedule[1:])
+    with pytest.raises(ConfigError, match="never run"):
+        TrainConfig(epochs=10, reduce_rank=4, reduce_until=0.2, reduce_every=3).validate()
