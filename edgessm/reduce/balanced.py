@@ -428,5 +428,6 @@ def balanced_truncation(sys: DiagonalSSM, rank: int | np.ndarray | None = None, 
     if not measure:
         return out
     measured = hinf_norm(error_system(sys, red))  # (H)
-    warnings = warnings + certificate_warnings(out, measured, hinf_norm(sys), layer)
+    gain = hinf_norm(sys) if gain is None else gain  # (H) already measured for a tol selector
+    warnings = warnings + certificate_warnings(out, measured, gain, layer)
     return dataclasses.replace(out, measured_hinf=measured, warnings=warnings)
