@@ -51,16 +51,22 @@ def _damaged(label: str, path: Path, what: str) -> TaskError:
     return TaskError(f"{label}: {path} {what}; the file is damaged: fetch it again")
 
 
-def _header(path: Path, label: str, images: bool) -> int:
-    """The example count an idx file declares, after checking its magic and image size."""
-    want_magic, ndim = (2051, 3) if images else (2049, 1)
+def _read(path: Path, label: str, skip: int, size: int) -> bytes:
+    """Up to ``size`` bytes after the first ``skip`` of an idx file (gzipped or not); TaskError on any problem."""
     try:
         with _open(path) as f:
-            head = f.read(4 + 4 * ndim)
+            f.read(skip)
+            return f.read(size)
     except (EOFError, gzip.BadGzipFile, zlib.error):  # before OSError: BadGzipFile is an OSError
         raise _damaged(label, path, "is not a complete gzip file") from None
     except OSError as e:
         raise TaskError(f"{label}: cannot read {path} ({e.strerror or e}); give the folder of the MNIST idx files") from None
+
+
+def _header(path: Path, label: str, images: bool) -> int:
+    """The example count an idx file declares, after checking its magic and image size."""
+    want_magic, ndim = (2051, 3) if images else (2049, 1)
+    head = _read(path, label, 0, 4 + 4 * ndim)
     if len(head) < 4 + 4 * ndim:
         raise _damaged(label, path, "is too short for an idx header")
     magic = int.from_bytes(head[:4], "big")
@@ -76,15 +82,7 @@ def _header(path: Path, label: str, images: bool) -> int:
 def _read_idx(path: Path, label: str, images: bool, n: int) -> np.ndarray:
     """uint8 (n, 784) images or (n,) labels from one idx file whose header declared n; TaskError on any problem."""
     per = SIDE * SIDE if images else 1
-    skip = 16 if images else 8
-    try:
-        with _open(path) as f:
-            f.read(skip)
-            raw = f.read(n * per + 1)  # one byte more than declared: a file that holds more is damaged too
-    except (EOFError, gzip.BadGzipFile, zlib.error):
-        raise _damaged(label, path, "is not a complete gzip file") from None
-    except OSError as e:
-        raise TaskError(f"{label}: cannot read {path} ({e.strerror or e}); give the folder of the MNIST idx files") from None
+    raw = _read(path, label, 16 if images else 8, n * per + 1)  # one byte more: a file holding more is damaged too
     if len(raw) != n * per:
         held = "more than that" if len(raw) > n * per else f"{len(raw)}"
         raise _damaged(label, path, f"declares {n} examples ({n * per} bytes of data) but holds {held}")
