@@ -214,7 +214,8 @@ def table(result: dict) -> str:
         m = lambda k: mean(lambda r: r["taus"][t].get(k))  # noqa: E731
         lines.append(f"| mean | {t}% | {fmt(mean(lambda r: r['full']))} | {m('size'):.1f} | **{fmt(m('it'))}** "
                      f"| **{fmt(m('small'))}** | {fmt(m('small2x'))} | {fmt(m('bt'))} | **{fmt(m('btft'))}** "
-                     f"| {m_rvc(rows, t, 'complex_map'):.3f} / {m_rvc(rows, t, 'real_map'):.3f} |")
+                     f"| {mean(lambda r: r['taus'][t]['rvc']['complex_map']):.3f} / "
+                     f"{mean(lambda r: r['taus'][t]['rvc']['real_map']):.3f} |")
     moments = [t for t in rows[0]["taus"] if all(f"it_{mode}" in r["taus"][t] for r in rows for mode in MOMENT_MODES)]
     for t in moments:
         lines += ["", f"Adam moments of the reduced layers at tau = {t}% (final sizes in brackets):", "",
@@ -227,10 +228,6 @@ def table(result: dict) -> str:
         lines.append("| mean | " + " | ".join(f"**{fmt(mean(lambda r: r['taus'][t][k]))}**"
                                                for k in ("it", *(f"it_{mode}" for mode in MOMENT_MODES))) + " |")
     return "\n".join(lines)
-
-
-def m_rvc(rows: list, t: str, key: str) -> float:
-    return sum(r["taus"][t]["rvc"][key] for r in rows) / len(rows)
 
 
 if __name__ == "__main__":
