@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import TaskError
 
-__all__ = ["TaskData", "split_validation", "TASK_TYPES", "MAX_CLASSES", "check_task_bytes", "max_task_bytes"]
+__all__ = ["TaskData", "split_validation", "TASK_TYPES", "MAX_CLASSES", "check_task_bytes", "max_task_bytes",
+           "check_int"]
 
 TASK_TYPES = ("classification", "regression")
 
@@ -44,6 +45,13 @@ def check_task_bytes(label: str, nbytes: float, what: str) -> None:
     if nbytes > limit:
         raise TaskError(f"{label}: {what} would take {nbytes / 2**30:.3g} GiB in memory, over the limit of "
                         f"{limit / 2**30:.3g} GiB; use less data, or raise EDGESSM_MAX_DATA_BYTES if the machine has it")
+
+
+def check_int(task: str, name: str, v: Any, lo: int, hi: int) -> int:
+    """An int option in [lo, hi] (bools and floats refused); TaskError naming the task and the option."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise TaskError(f"{task} {name}={v!r} must be an integer in [{lo}, {hi}]")
+    return int(v)
 
 
 @dataclass

@@ -27,23 +27,16 @@ the circle, so their correlation is the band-limited kernel at their true lag.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
 from ..errors import TaskError
-from .base import TaskData, check_task_bytes
+from .base import TaskData, check_int, check_task_bytes
 
 __all__ = ["load_delay", "OPTIONS"]
 
 OPTIONS = {"num_train": 1600, "num_test": 400, "length": 128, "delay": 48, "bandwidth": 0.5}
 GENERATOR_VERSION = 1  # bump when the arrays produced for the same options change
-
-
-def _int(name: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-        raise TaskError(f"delay {name}={v!r} must be an integer in [{lo}, {hi}]")
-    return int(v)
 
 
 def _signals(rng: np.random.Generator, n: int, L: int, bandwidth: float) -> np.ndarray:
@@ -62,10 +55,10 @@ def _signals(rng: np.random.Generator, n: int, L: int, bandwidth: float) -> np.n
 
 def load_delay(seed: int = 0, num_train: int = 1600, num_test: int = 400, length: int = 128,
                delay: int = 48, bandwidth: float = 0.5) -> TaskData:
-    num_train = _int("num_train", num_train, 2, 1 << 22)
-    num_test = _int("num_test", num_test, 1, 1 << 22)
-    L = _int("length", length, 2, 1 << 20)
-    k = _int("delay", delay, 1, L - 1)
+    num_train = check_int("delay", "num_train", num_train, 2, 1 << 22)
+    num_test = check_int("delay", "num_test", num_test, 1, 1 << 22)
+    L = check_int("delay", "length", length, 2, 1 << 20)
+    k = check_int("delay", "delay", delay, 1, L - 1)
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float, np.floating)) \
             or not 0.0 < float(bandwidth) <= 0.5:
         raise TaskError(f"delay bandwidth={bandwidth!r} must be a number in (0, 0.5] (cycles per step; 0.5 = white)")

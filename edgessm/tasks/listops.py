@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import TaskError
-from .base import TaskData, check_task_bytes
+from .base import TaskData, check_int, check_task_bytes
 from .cache import cached_arrays
 
 __all__ = [
@@ -266,9 +266,7 @@ def _pad(seqs: Sequence[Sequence[int]], L: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _check_int(name: str, v: Any, lo: int, hi: int = 1 << 20) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-        raise TaskError(f"listops {name}={v!r} must be an integer in [{lo}, {hi}]")
-    return int(v)
+    return check_int("listops", name, v, lo, hi)
 
 
 def _meta_common() -> dict[str, Any]:
